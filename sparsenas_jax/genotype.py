@@ -1,0 +1,748 @@
+"""From sparse architecture weights to a mixed-path architecture.
+
+The search makes the architecture weights A exactly sparse (Wu et al. 2021,
+Eq. 3): an exact zero removes an op from an edge, an all-zero node group
+removes the node. This module turns such weights into a discrete *genotype*,
+the cell description that the evaluation network is built from, and reads,
+writes, counts and draws genotypes.
+
+Architecture weights are a pytree ``{'normal': cell, 'reduce': cell}`` where
+``cell = {'node_0': (2, n_ops), ..., f'node_{k}': (k + 2, n_ops)}``. Row i of
+node k holds the weights of the edge from predecessor i (0 and 1 are the two
+cell inputs, i >= 2 is intermediate node i - 2) and column o the weight of op
+``ops[o]`` (Wu et al. 2021, Eq. 1). In a genotype nodes are numbered as in
+DARTS: 0 and 1 are the cell inputs, intermediate node k is numbered k + 2.
+
+References:
+  Wu et al. 2021, "Neural Architecture Search as Sparse Supernet", Eq. 1, 3
+  and Figure 2; Liu, Simonyan and Yang 2019 (DARTS) for the search space.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional, Union
+
+import numpy as np
+
+DARTS_OPS = ('max_pool_3x3', 'avg_pool_3x3', 'skip_connect', 'sep_conv_3x3',
+             'sep_conv_5x5', 'dil_conv_3x3', 'dil_conv_5x5')
+"""The DARTS candidate ops without ``none``, which a linear combination with a
+sparsity penalty makes redundant (a zero weight already removes an op)."""
+
+CELL_TYPES = ('normal', 'reduce')
+
+_NODE_KEY = re.compile(r'node_(\d+)\Z')
+
+Edge = tuple[int, str, float]  # (input node, op name, weight)
+PathLike = Union[str, os.PathLike]
+
+
+@dataclasses.dataclass(frozen=True)
+class Node:
+  """A live intermediate node of a derived cell.
+
+  Attributes:
+    index: the node's number in the cell (DARTS numbering: >= 2).
+    inputs: the kept ``(input_node, op_name, weight)`` triples, each an op
+      applied to an earlier node (0 or 1 for the cell inputs) and scaled by
+      its architecture weight; the node sums them (Wu et al. 2021, Eq. 1).
+  """
+  index: int
+  inputs: tuple[Edge, ...]
+
+  def __post_init__(self):
+    # Lists (from JSON or hand-written code) become tuples so that the
+    # genotype stays immutable and hashable.
+    object.__setattr__(self, 'index', int(self.index))
+    object.__setattr__(self, 'inputs', tuple(
+        (int(i), str(op), float(w)) for i, op, w in self.inputs))
+
+
+@dataclasses.dataclass(frozen=True)
+class Genotype:
+  """A derived (discrete) mixed-path architecture: a normal and a reduce cell.
+
+  Unlike a DARTS genotype, a node may keep any number of inputs, several ops
+  may share an edge, and nodes may be missing: node indices need not be
+  contiguous, and inputs refer to nodes by their DARTS number.
+
+  Attributes:
+    normal: the live nodes of the normal cell, in increasing index order.
+    normal_concat: the nodes concatenated into the normal cell's output.
+    reduce: the live nodes of the reduction cell.
+    reduce_concat: the nodes concatenated into the reduction cell's output.
+    ops: the candidate ops of the search the genotype came from.
+  """
+  normal: tuple[Node, ...]
+  normal_concat: tuple[int, ...]
+  reduce: tuple[Node, ...]
+  reduce_concat: tuple[int, ...]
+  ops: tuple[str, ...] = DARTS_OPS
+
+  def __post_init__(self):
+    object.__setattr__(self, 'ops', tuple(str(op) for op in self.ops))
+    if not self.ops or len(set(self.ops)) != len(self.ops):
+      raise ValueError(
+          f'Genotype: ops must be a non-empty list of distinct names; got '
+          f'{list(self.ops)}.')
+    for cell_type in CELL_TYPES:
+      nodes = tuple(n if isinstance(n, Node) else Node(*n)
+                    for n in getattr(self, cell_type))
+      concat = tuple(int(i) for i in getattr(self, f'{cell_type}_concat'))
+      object.__setattr__(self, cell_type, nodes)
+      object.__setattr__(self, f'{cell_type}_concat', concat)
+      _check_cell(cell_type, nodes, concat, self.ops)
+
+  def cell(self, cell_type: str) -> tuple[tuple[Node, ...], tuple[int, ...]]:
+    """Returns ``(nodes, concat)`` of ``'normal'`` or ``'reduce'``."""
+    if cell_type not in CELL_TYPES:
+      raise ValueError(
+          f'Genotype.cell: cell_type must be one of {CELL_TYPES}; got '
+          f'{cell_type!r}.')
+    return getattr(self, cell_type), getattr(self, f'{cell_type}_concat')
+
+  def to_json(self) -> str:
+    """Serialises the genotype; ``Genotype.from_json`` reads it back exactly.
+
+    Schema::
+
+      {"ops": [...],
+       "normal": {"nodes": [{"index": 2, "inputs": [[0, "sep_conv_3x3", 0.41],
+                                                     ...]}, ...],
+                  "concat": [2, 3]},
+       "reduce": {...}}
+
+    Weights are written with Python's shortest round-tripping float repr.
+
+    Returns:
+      The JSON text, one input triple per line.
+    """
+    dump = json.dumps
+    lines = ['{', f'  "ops": {dump(list(self.ops))},']
+    for c, cell_type in enumerate(CELL_TYPES):
+      nodes, concat = self.cell(cell_type)
+      lines.append(f'  {dump(cell_type)}: {{')
+      lines.append('    "nodes": [')
+      for n, node in enumerate(nodes):
+        lines.append(f'      {{"index": {node.index}, "inputs": [')
+        for e, edge in enumerate(node.inputs):
+          comma = ',' if e + 1 < len(node.inputs) else ''
+          lines.append(f'        {dump(list(edge))}{comma}')
+        comma = ',' if n + 1 < len(nodes) else ''
+        lines.append(f'      ]}}{comma}')
+      lines.append('    ],')
+      lines.append(f'    "concat": {dump(list(concat))}')
+      lines.append('  },' if c + 1 < len(CELL_TYPES) else '  }')
+    lines.append('}')
+    return '\n'.join(lines)
+
+  @classmethod
+  def from_json(cls, text: str, *,
+                valid_ops: Optional[Sequence[str]] = DARTS_OPS) -> Genotype:
+    """Parses ``to_json`` output.
+
+    Args:
+      text: the JSON text.
+      valid_ops: op names a genotype may use (default the DARTS ops); None
+        accepts whatever the text's ``ops`` list names.
+
+    Returns:
+      The genotype.
+
+    Raises:
+      ValueError: with one line naming the problem, if the text is not JSON,
+        does not follow the schema, names an op outside ``valid_ops`` or an
+        input node that does not exist.
+    """
+    try:
+      data = json.loads(text)
+    except json.JSONDecodeError as e:
+      raise ValueError(f'not valid JSON ({e})') from None
+    if not isinstance(data, dict):
+      raise ValueError(f'expected a JSON object at the top level; got '
+                       f'{type(data).__name__}')
+    for key in ('ops',) + CELL_TYPES:
+      if key not in data:
+        raise ValueError(f'missing key {key!r}')
+    ops = data['ops']
+    if not isinstance(ops, list) or not all(isinstance(o, str) for o in ops):
+      raise ValueError('"ops" must be a list of op names')
+    kwargs = {'ops': tuple(ops)}
+    for cell_type in CELL_TYPES:
+      nodes, concat = _cell_from_data(cell_type, data[cell_type])
+      kwargs[cell_type] = nodes
+      kwargs[f'{cell_type}_concat'] = concat
+    if valid_ops is not None:
+      names = [(op, '"ops"') for op in ops] + [
+          (op, f'{cell_type} cell, node {node.index}')
+          for cell_type in CELL_TYPES for node in kwargs[cell_type]
+          for _, op, _ in node.inputs]
+      for op, where in names:
+        if op not in valid_ops:
+          raise ValueError(f'{where}: unknown op {op!r} (valid ops: '
+                           f'{", ".join(valid_ops)})')
+    return cls(**kwargs)
+
+
+def _cell_from_data(cell_type: str, cell: Any):
+  """Reads one cell of the JSON schema into ``(nodes, concat)``."""
+  if (not isinstance(cell, dict) or not isinstance(cell.get('nodes'), list)
+      or not isinstance(cell.get('concat'), list)):
+    raise ValueError(f'{cell_type} cell: expected {{"nodes": [...], '
+                     f'"concat": [...]}}')
+  nodes = []
+  for node in cell['nodes']:
+    if (not isinstance(node, dict) or not _is_int(node.get('index'))
+        or not isinstance(node.get('inputs'), list)):
+      raise ValueError(f'{cell_type} cell: each node must be {{"index": int, '
+                       f'"inputs": [...]}}; got {json.dumps(node)}')
+    for edge in node['inputs']:
+      if not (isinstance(edge, list) and len(edge) == 3 and _is_int(edge[0])
+              and isinstance(edge[1], str) and _is_real(edge[2])):
+        raise ValueError(
+            f'{cell_type} cell, node {node["index"]}: each input must be '
+            f'[input_node, op_name, weight]; got {json.dumps(edge)}')
+    nodes.append(Node(node['index'], node['inputs']))
+  if not all(_is_int(i) for i in cell['concat']):
+    raise ValueError(f'{cell_type} cell: "concat" must list node indices')
+  return tuple(nodes), tuple(cell['concat'])
+
+
+def _is_int(x) -> bool:
+  return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_real(x) -> bool:
+  return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _check_cell(cell_type, nodes, concat, ops):
+  """Raises ValueError (one line) unless a cell is a well-formed DAG."""
+  where = f'{cell_type} cell'
+  if not nodes:
+    raise ValueError(f'{where}: has no nodes (a cell needs at least one).')
+  existing = [0, 1]
+  for node in nodes:
+    if node.index < 2 or node.index <= existing[-1]:
+      raise ValueError(
+          f'{where}: node indices must be >= 2 and increasing; got node '
+          f'{node.index} after {existing[-1]}.')
+    if not node.inputs:
+      raise ValueError(f'{where}, node {node.index}: has no inputs.')
+    seen = set()
+    for src, op, w in node.inputs:
+      if src not in existing:
+        raise ValueError(
+            f'{where}, node {node.index}: input node {src} does not exist '
+            f'(inputs must be one of {existing}).')
+      if op not in ops:
+        raise ValueError(
+            f'{where}, node {node.index}: op {op!r} is not one of the '
+            f'genotype\'s ops {list(ops)}.')
+      if not math.isfinite(w):
+        raise ValueError(
+            f'{where}, node {node.index}: weight of ({src}, {op}) is {w}.')
+      if (src, op) in seen:
+        raise ValueError(
+            f'{where}, node {node.index}: ({src}, {op}) appears twice.')
+      seen.add((src, op))
+    existing.append(node.index)
+  if not concat or len(set(concat)) != len(concat) or not set(concat) <= set(
+      existing[2:]):
+    raise ValueError(
+        f'{where}: concat {list(concat)} must list distinct nodes of the cell '
+        f'({existing[2:]}).')
+
+
+# -- Derivation --------------------------------------------------------------
+
+
+def _cell_arrays(arch, cell_type: str, n_ops: Optional[int], caller: str):
+  """Returns the node arrays of one cell as float64 NumPy, checking shapes."""
+  cell = arch[cell_type]
+  if not isinstance(cell, Mapping) or not cell:
+    raise ValueError(f'{caller}: arch[{cell_type!r}] must be a non-empty '
+                     f'mapping node_0, node_1, ... -> array.')
+  keys = sorted(cell, key=lambda k: (_node_number(k), str(k)))
+  arrays = [np.asarray(cell[k], dtype=np.float64) for k in keys]
+  if n_ops is None:
+    n_ops = arrays[0].shape[-1] if arrays[0].ndim else 0
+  expected_keys = [f'node_{k}' for k in range(len(keys))]
+  shapes_ok = all(a.shape == (k + 2, n_ops) for k, a in enumerate(arrays))
+  if keys != expected_keys or not shapes_ok or n_ops < 1:
+    expected = ', '.join(f'node_{k} {(k + 2, n_ops)}'
+                         for k in range(len(keys)))
+    got = ', '.join(f'{k} {a.shape}' for k, a in zip(keys, arrays))
+    raise ValueError(
+        f'{caller}: arch[{cell_type!r}] does not match {n_ops} ops: expected '
+        f'{expected}; got {got}.')
+  for k, a in enumerate(arrays):
+    if not np.all(np.isfinite(a)):
+      raise ValueError(f'{caller}: arch[{cell_type!r}][\'node_{k}\'] has '
+                       f'non-finite weights.')
+  return arrays
+
+
+def _node_number(key) -> int:
+  m = _NODE_KEY.match(str(key))
+  return int(m.group(1)) if m else -1
+
+
+def _kept_edges(arrays, threshold: float):
+  """Applies the liveness rule to one cell.
+
+  Node k keeps the entries with |weight| > threshold whose input is live; the
+  cell inputs are always live and a node is live iff it keeps an entry.
+
+  Returns:
+    A list, per node k, of kept ``(input_row, op_column, weight)`` triples
+    (empty for a dead node).
+  """
+  live = [True, True]
+  kept = []
+  for a in arrays:
+    rows, cols = np.nonzero(np.abs(a) > threshold)
+    edges = [(int(i), int(o), float(a[i, o]))
+             for i, o in zip(rows, cols) if live[i]]
+    kept.append(edges)
+    live.append(bool(edges))
+  return kept
+
+
+def derive_genotype(arch, ops: Sequence[str] = DARTS_OPS, *,
+                    threshold: float = 0.0) -> Genotype:
+  """Derives the mixed-path architecture from sparse architecture weights.
+
+  Following Wu et al. (2021, Sec. "Sparse Supernet") the architecture is the
+  supernet with zero-weight ops and all-zero nodes removed. Per cell and per
+  intermediate node in order, every ``(input, op, weight)`` with a nonzero
+  weight and a live input is kept; the cell inputs are live and a node is
+  live iff it keeps an input. A node fed only by removed nodes is thereby
+  removed too. The cell output concatenates the live nodes.
+
+  Args:
+    arch: ``{'normal': cell, 'reduce': cell}`` with ``cell = {'node_k':
+      array of shape (k + 2, len(ops))}`` (NumPy or JAX arrays, on host).
+    ops: the op name of each column.
+    threshold: weights with ``|w| <= threshold`` count as zero. The default 0
+      keeps exactly the nonzero weights, as the proximal search produces;
+      a positive value magnitude-prunes a dense ``arch``.
+
+  Returns:
+    The ``Genotype``, weights as Python floats.
+
+  Raises:
+    ValueError: if ``arch`` does not match ``ops`` in shape, has non-finite
+      weights, or a cell has no live node.
+
+  References:
+    Wu et al. 2021, Eq. 1, 3 and Figure 2.
+  """
+  ops = tuple(ops)
+  if not isinstance(arch, Mapping) or set(arch) != set(CELL_TYPES):
+    got = sorted(map(str, arch)) if isinstance(arch, Mapping) else type(arch)
+    raise ValueError(f'derive_genotype: arch must have exactly the keys '
+                     f'{list(CELL_TYPES)}; got {got}.')
+  kwargs = {}
+  for cell_type in CELL_TYPES:
+    arrays = _cell_arrays(arch, cell_type, len(ops), 'derive_genotype')
+    nodes = tuple(
+        Node(k + 2, tuple((i, ops[o], w) for i, o, w in edges))
+        for k, edges in enumerate(_kept_edges(arrays, threshold)) if edges)
+    if not nodes:
+      raise ValueError(
+          f'derive_genotype: the {cell_type} cell would be empty: every node '
+          f'lost all its weights (the sparsity strength λ is too high; lower '
+          f'the λ ramp).')
+    kwargs[cell_type] = nodes
+    kwargs[f'{cell_type}_concat'] = tuple(n.index for n in nodes)
+  return Genotype(ops=ops, **kwargs)
+
+
+def sparsity_counts(arch, *, threshold: float = 0.0) -> dict[str, int]:
+  """Counts nonzero weights and live nodes of a (possibly dense) arch.
+
+  Plain NumPy on host values (not for use under ``jit``), for progress logs.
+  Every cell type in ``arch`` is counted (e.g. both 'normal' and 'reduce').
+
+  Args:
+    arch: architecture weights, ``{cell_type: {'node_k': (k + 2, n_ops)}}``.
+    threshold: as in ``derive_genotype``.
+
+  Returns:
+    A dict of ints, summed over cell types:
+      ops_nonzero: weights with ``|w| > threshold``;
+      ops_total: all weights;
+      ops_kept: the nonzero weights whose input node is live, i.e. the ops
+        ``derive_genotype`` keeps (at most ``ops_nonzero``);
+      nodes_live: live intermediate nodes (the liveness rule of
+        ``derive_genotype``);
+      nodes_total: all intermediate nodes.
+  """
+  counts = dict(ops_nonzero=0, ops_total=0, ops_kept=0, nodes_live=0,
+                nodes_total=0)
+  for cell_type in sorted(arch):
+    arrays = _cell_arrays(arch, cell_type, None, 'sparsity_counts')
+    kept = _kept_edges(arrays, threshold)
+    counts['ops_nonzero'] += sum(
+        int(np.count_nonzero(np.abs(a) > threshold)) for a in arrays)
+    counts['ops_total'] += sum(a.size for a in arrays)
+    counts['ops_kept'] += sum(len(e) for e in kept)
+    counts['nodes_live'] += sum(bool(e) for e in kept)
+    counts['nodes_total'] += len(arrays)
+  return counts
+
+
+# -- Registry and files ------------------------------------------------------
+
+
+def _unit_cell(pairs):
+  """A DARTS cell from ``[(op, input), (op, input)]`` per node, weights 1."""
+  nodes = tuple(Node(k + 2, tuple((i, op, 1.0) for op, i in node))
+                for k, node in enumerate(pairs))
+  return nodes, tuple(n.index for n in nodes)
+
+
+def _darts_v2() -> Genotype:
+  normal, normal_concat = _unit_cell([
+      [('sep_conv_3x3', 0), ('sep_conv_3x3', 1)],
+      [('sep_conv_3x3', 0), ('sep_conv_3x3', 1)],
+      [('sep_conv_3x3', 1), ('skip_connect', 0)],
+      [('skip_connect', 0), ('dil_conv_3x3', 2)],
+  ])
+  reduce, reduce_concat = _unit_cell([
+      [('max_pool_3x3', 0), ('max_pool_3x3', 1)],
+      [('skip_connect', 2), ('max_pool_3x3', 1)],
+      [('max_pool_3x3', 0), ('skip_connect', 2)],
+      [('skip_connect', 2), ('max_pool_3x3', 1)],
+  ])
+  return Genotype(normal, normal_concat, reduce, reduce_concat, DARTS_OPS)
+
+
+GENOTYPES: dict[str, Genotype] = {
+    # DARTS (second order) CIFAR-10 cells, Liu et al. 2019, unit weights.
+    'darts_v2': _darts_v2(),
+}
+
+
+def save_genotype(genotype: Genotype, path: PathLike) -> None:
+  """Writes ``genotype.to_json()`` to ``path``, creating parent folders."""
+  parent = os.path.dirname(os.fspath(path))
+  if parent:
+    os.makedirs(parent, exist_ok=True)
+  with open(path, 'w', encoding='utf-8') as f:
+    f.write(genotype.to_json() + '\n')
+
+
+def load_genotype(path: PathLike, *,
+                  valid_ops: Optional[Sequence[str]] = DARTS_OPS) -> Genotype:
+  """Reads a genotype written by ``save_genotype`` (or by hand).
+
+  Args:
+    path: the JSON file.
+    valid_ops: op names the genotype may use (default the DARTS ops); None
+      accepts the file's own ``ops`` list.
+
+  Returns:
+    The genotype.
+
+  Raises:
+    ValueError: with one line naming the file and the problem, if the file is
+      not JSON, breaks the schema, names an unknown op or an input node that
+      does not exist.
+    OSError: if the file cannot be read.
+  """
+  try:
+    with open(path, encoding='utf-8') as f:
+      text = f.read()
+    return Genotype.from_json(text, valid_ops=valid_ops)
+  except ValueError as e:  # includes UnicodeDecodeError
+    raise ValueError(f'load_genotype: {os.fspath(path)}: {e}') from None
+
+
+def resolve_genotype(name_or_path: Union[str, os.PathLike, Genotype], *,
+                     valid_ops: Optional[Sequence[str]] = DARTS_OPS
+                     ) -> Genotype:
+  """Returns a registered genotype by name, or loads one from a JSON file.
+
+  Args:
+    name_or_path: a key of ``GENOTYPES`` (e.g. ``'darts_v2'``), a path to a
+      JSON file, or a ``Genotype`` (returned as is).
+    valid_ops: passed to ``load_genotype``.
+
+  Returns:
+    The genotype.
+
+  Raises:
+    ValueError: if the name is neither registered nor an existing file, or
+      the file is invalid.
+  """
+  if isinstance(name_or_path, Genotype):
+    return name_or_path
+  if isinstance(name_or_path, str) and name_or_path in GENOTYPES:
+    return GENOTYPES[name_or_path]
+  if os.path.isfile(name_or_path):
+    return load_genotype(name_or_path, valid_ops=valid_ops)
+  raise ValueError(
+      f'resolve_genotype: {os.fspath(name_or_path)!r} is neither a registered '
+      f'genotype ({", ".join(sorted(GENOTYPES))}) nor a file.')
+
+
+# -- Counting ----------------------------------------------------------------
+
+
+def _op_params(op: str, c: int, *, factorized_reduce: bool) -> int:
+  """Learned parameters of one derived op at ``c`` channels in and out.
+
+  Convolutions have no bias; every BN is affine (scale and offset, 2c), as in
+  the evaluation network. (The search network's BNs have no affine params.)
+  """
+  m = re.fullmatch(r'(sep|dil)_conv_(\d+)x\2', op)
+  if m:
+    k = int(m.group(2))
+    # ReLU, depthwise kxk, pointwise 1x1, BN; sep_conv stacks this twice.
+    block = c * k * k + c * c + 2 * c
+    return 2 * block if m.group(1) == 'sep' else block
+  if re.fullmatch(r'(max|avg)_pool_\d+x\d+', op):
+    return 0
+  if op == 'skip_connect':
+    if not factorized_reduce:
+      return 0
+    if c % 2:
+      raise ValueError(
+          f'genotype_stats: a factorized reduce needs an even channel count; '
+          f'got C={c}.')
+    # Two 1x1 stride-2 convs c -> c/2 on shifted inputs, concat, BN.
+    return 2 * (c * (c // 2)) + 2 * c
+  raise ValueError(f'genotype_stats: no parameter formula for op {op!r}.')
+
+
+def genotype_stats(
+    genotype: Genotype,
+    C: int,  # pylint: disable=invalid-name
+) -> dict[str, dict[str, int]]:
+  """Counts kept ops, live nodes and op parameters of a derived cell pair.
+
+  Parameters are those of the cell's ops, each mapping C channels to C
+  channels (the cell's input preprocessing, which depends on the previous
+  cells, is not counted). Convolutions have no bias; BN layers are counted
+  with affine scale and offset (2 per channel) as in the evaluation network
+  (the search network's BN is not affine): sep_conv_k = 2 (C k² + C² + 2C),
+  dil_conv_k = C k² + C² + 2C, pools 0, skip_connect 0 except on an edge
+  from a cell input of the reduction cell (stride 2), where it is a
+  factorized reduce, C² + 2C. Both cells are counted at the same C.
+
+  Args:
+    genotype: the derived architecture.
+    C: channels of the cell's nodes.
+
+  Returns:
+    ``{'normal': d, 'reduce': d, 'total': d}`` with
+    ``d = {'ops_kept': int, 'nodes_kept': int, 'params': int}``.
+  """
+  if not isinstance(C, (int, np.integer)) or isinstance(C, bool) or C < 1:
+    raise ValueError(f'genotype_stats: C must be a positive int; got {C!r}.')
+  C = int(C)  # pylint: disable=invalid-name
+  stats = {}
+  for cell_type in CELL_TYPES:
+    nodes, _ = genotype.cell(cell_type)
+    params = sum(
+        _op_params(op, C, factorized_reduce=cell_type == 'reduce' and src < 2)
+        for node in nodes for src, op, _ in node.inputs)
+    stats[cell_type] = dict(
+        ops_kept=sum(len(node.inputs) for node in nodes),
+        nodes_kept=len(nodes), params=params)
+  stats['total'] = {key: sum(stats[t][key] for t in CELL_TYPES)
+                    for key in stats['normal']}
+  return stats
+
+
+# -- Picture -----------------------------------------------------------------
+
+_OP_COLORS = {
+    'max_pool_3x3': '#1f77b4', 'avg_pool_3x3': '#17becf',
+    'skip_connect': '#000000', 'sep_conv_3x3': '#d62728',
+    'sep_conv_5x5': '#ff7f0e', 'dil_conv_3x3': '#2ca02c',
+    'dil_conv_5x5': '#9467bd',
+}
+_EXTRA_COLORS = ('#8c564b', '#e377c2', '#bcbd22', '#393b79', '#637939')
+_MARGIN = 1.3  # data units around a cell's nodes
+
+
+def _layout(nodes):
+  """Places a cell's nodes on an arch: c_{k-1}, c_{k-2}, nodes in order, c_k.
+
+  Points on the upper half of an ellipse are in convex position, so a
+  straight edge never runs through a third node, and the DAG still reads
+  left to right like graphviz's LR layout.
+  """
+  order = [1, 0] + [node.index for node in nodes] + ['out']
+  n = len(order)
+  a = 1.6 * (n - 1)  # half width: about 2.5 units between neighbours
+  b = 0.6 * a + 1.0
+  pos = {}
+  for j, key in enumerate(order):
+    t = math.pi * (1 - j / (n - 1))
+    pos[key] = (a * math.cos(t), b * math.sin(t))
+  return pos
+
+
+class _Arc:
+  """A quadratic Bezier from p0 to p1 bent like matplotlib's ``arc3,rad``.
+
+  The control point sits ``rad`` times the chord length off the chord's
+  middle, so the curve's middle is ``rad / 2`` chord lengths off it.
+  """
+
+  def __init__(self, p0, p1, rad):
+    (x0, y0), (x1, y1) = p0, p1
+    self.points = (p0, ((x0 + x1) / 2 + rad * (y1 - y0),
+                        (y0 + y1) / 2 - rad * (x1 - x0)), p1)
+
+  def at(self, t):
+    """The point at parameter t in [0, 1]."""
+    return self._blossom(t, t)
+
+  def _blossom(self, a, b):
+    (x0, y0), (cx, cy), (x1, y1) = self.points
+    w0, w1, w2 = (1 - a) * (1 - b), a * (1 - b) + (1 - a) * b, a * b
+    return (w0 * x0 + w1 * cx + w2 * x1, w0 * y0 + w1 * cy + w2 * y1)
+
+  def clipped(self, radius):
+    """Control points of the part outside circles of ``radius`` at the ends.
+
+    Clipping analytically (bisection on t, then the sub-curve's blossom)
+    is much faster than matplotlib's generic patch clipping.
+    """
+    def leave(center, inside_at_0):
+      lo, hi = 0.0, 0.5
+      for _ in range(30):
+        mid = (lo + hi) / 2
+        x, y = self.at(mid if inside_at_0 else 1 - mid)
+        if math.hypot(x - center[0], y - center[1]) < radius:
+          lo = mid
+        else:
+          hi = mid
+      return hi
+
+    a = leave(self.points[0], True)
+    b = 1 - leave(self.points[2], False)
+    return self.at(a), self._blossom(a, b), self.at(b)
+
+
+def _draw_cell(ax, title, nodes, concat, ops, show_weights):
+  """Draws one cell on ``ax`` in data units; returns the data extent."""
+  from matplotlib import patches
+  from matplotlib import path as mpath
+
+  pos = _layout(nodes)
+  radius = 0.6
+  names = {0: r'$c_{k-2}$', 1: r'$c_{k-1}$', 'out': r'$c_{k}$'}
+  for key, (x, y) in pos.items():
+    circle = patches.Circle(
+        (x, y), radius, facecolor='#a6d8f0' if key in names else '#fff3b0',
+        edgecolor='black', lw=1.2, zorder=3)
+    ax.add_patch(circle)
+    ax.text(x, y, names.get(key, str(key)), ha='center', va='center',
+            fontsize=12, zorder=4)
+
+  extra = iter(_EXTRA_COLORS * (1 + len(ops)))
+  colors = {op: _OP_COLORS.get(op) or next(extra) for op in ops}
+  placed = list(pos.values())  # label anchors so far, nodes included
+
+  def arrow(src, dst, rad, color, label, style='-'):
+    arc = _Arc(pos[src], pos[dst], rad)
+    curve = mpath.Path(arc.clipped(radius * 1.04),
+                       [mpath.Path.MOVETO, mpath.Path.CURVE3,
+                        mpath.Path.CURVE3])
+    ax.add_patch(patches.FancyArrowPatch(
+        path=curve, arrowstyle='-|>', mutation_scale=13, color=color, lw=1.3,
+        linestyle=style, zorder=2))
+    if label:
+      # Slide the label along its curve to the spot farthest from the other
+      # labels and nodes; the middle wins ties.
+      # Labels are wide, so horizontal distance counts for less.
+      spots = [arc.at(t)
+               for t in (0.5, 0.43, 0.57, 0.36, 0.64, 0.29, 0.71)]
+      best = max(spots, key=lambda q: min(
+          math.hypot((q[0] - r[0]) / 3, q[1] - r[1]) for r in placed) + 1e-3 * (
+              q == spots[0]))
+      placed.append(best)
+      ax.text(*best, label, ha='center', va='center', fontsize=8,
+              color=color, zorder=5,
+              bbox=dict(boxstyle='round,pad=0.15', fc='white', ec='none',
+                        alpha=0.85))
+
+  for node in nodes:
+    by_src = {}
+    for src, op, w in node.inputs:
+      by_src.setdefault(src, []).append((op, w))
+    for src, edges in by_src.items():
+      (x0, y0), (x1, y1) = pos[src], pos[node.index]
+      dist = math.hypot(x1 - x0, y1 - y0)
+      for j, (op, w) in enumerate(edges):
+        # Several ops on one edge fan out as arcs of distinct curvature,
+        # 0.5 units apart at their middles whatever the edge's length.
+        rad = 2 * 0.5 * (j - (len(edges) - 1) / 2) / dist
+        label = f'{op} ({w:.3g})' if show_weights else op
+        arrow(src, node.index, rad, colors[op], label)
+  for index in concat:
+    arrow(index, 'out', 0.0, '#888888', None, style='--')
+
+  xs = [p[0] for p in pos.values()]
+  ys = [p[1] for p in pos.values()]
+  margin = _MARGIN
+  ax.set_xlim(min(xs) - margin, max(xs) + margin)
+  ax.set_ylim(min(ys) - margin, max(ys) + margin)
+  ax.set_aspect('equal')
+  ax.axis('off')
+  n_ops = sum(len(n.inputs) for n in nodes)
+  ax.set_title(f'{title}: {len(nodes)} nodes, {n_ops} ops', fontsize=13)
+  return (max(xs) - min(xs) + 2 * margin, max(ys) - min(ys) + 2 * margin)
+
+
+def plot_genotype(genotype: Genotype, path: PathLike, *,
+                  show_weights: bool = False, dpi: int = 150) -> None:
+  """Draws the normal and reduction cells side by side into a PNG.
+
+  In the style of DARTS's graphviz pictures: cell inputs c_{k-2} and c_{k-1}
+  on the left, intermediate nodes (numbered as in the genotype) by depth,
+  output c_{k} on the right; one arrow per kept (input, op) labelled with the
+  op, arcs of distinct curvature where one edge keeps several ops, and grey
+  arrows from the concatenated nodes into c_{k}. Uses matplotlib's Agg
+  canvas directly, so the global backend is left alone.
+
+  Args:
+    genotype: the architecture to draw.
+    path: the PNG file to write (parent folders are created).
+    show_weights: also print each op's architecture weight.
+    dpi: resolution.
+  """
+  from matplotlib.backends import backend_agg
+  from matplotlib import figure
+
+  fig = figure.Figure()
+  backend_agg.FigureCanvasAgg(fig)
+  # Panels as wide as their cells, so both are drawn at the same scale.
+  widths = [_layout(genotype.cell(t)[0])['out'][0] * 2 + 2 * _MARGIN
+            for t in CELL_TYPES]
+  axes = fig.subplots(1, 2, gridspec_kw={'width_ratios': widths})
+  sizes = [
+      _draw_cell(ax, f'{cell_type} cell', *genotype.cell(cell_type),
+                 genotype.ops, show_weights)
+      for ax, cell_type in zip(axes, CELL_TYPES)]
+  scale = 0.75  # inches per data unit
+  fig.set_size_inches(scale * sum(w for w, _ in sizes),
+                      scale * max(h for _, h in sizes) + 0.5)
+  fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.92,
+                      wspace=0.05)
+  parent = os.path.dirname(os.fspath(path))
+  if parent:
+    os.makedirs(parent, exist_ok=True)
+  fig.savefig(path, dpi=dpi, format='png')

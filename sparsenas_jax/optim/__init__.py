@@ -1,0 +1,31 @@
+"""The paper's sparsity optimizers as Optax transformations.
+
+Compose them into your own chains::
+
+  from sparsenas_jax import optim
+  groups = optim.darts_node_groups(arch)
+  opt = optim.adam_hapg(3e-3, optax.linear_schedule(0., .5, 5000), 0.5,
+                        groups=groups)
+"""
+
+from sparsenas_jax.optim.groups import UNPENALIZED
+from sparsenas_jax.optim.groups import darts_node_groups
+from sparsenas_jax.optim.groups import leaf_groups
+from sparsenas_jax.optim.groups import row_groups
+from sparsenas_jax.optim.hapg import adam_hapg
+from sparsenas_jax.optim.hapg import AdamHapgState
+from sparsenas_jax.optim.hapg import hapg
+from sparsenas_jax.optim.hapg import HapgState
+from sparsenas_jax.optim.hapg import sparse_params
+from sparsenas_jax.optim.prox import prox_group_l2
+from sparsenas_jax.optim.prox import prox_l1
+from sparsenas_jax.optim.prox import prox_sgl
+from sparsenas_jax.optim.prox import sgl_penalty
+from sparsenas_jax.optim.sgl_prox import sgl_prox
+from sparsenas_jax.optim.sgl_prox import SglProxState
+
+__all__ = [
+    'UNPENALIZED', 'AdamHapgState', 'HapgState', 'SglProxState', 'adam_hapg',
+    'darts_node_groups', 'hapg', 'leaf_groups', 'prox_group_l2', 'prox_l1',
+    'prox_sgl', 'row_groups', 'sgl_penalty', 'sgl_prox', 'sparse_params',
+]
