@@ -123,11 +123,15 @@ def test_group_layout_helpers():
     optim.darts_node_groups({'a': np.zeros(3)})
 
 
-def test_lower_median_per_group_matches_numpy():
+@pytest.mark.parametrize('size, ties', [(40, False), (40, True), (600, True)])
+def test_lower_median_per_group_matches_numpy(size, ties):
+  # 600 elements in 6 groups exceed the rank-selection width: the sort path.
   rng = np.random.default_rng(2)
-  ids = rng.integers(0, 6, size=40).astype(np.int32)
+  ids = rng.integers(0, 6, size=size).astype(np.int32)
   ids[:3] = -1
-  values = rng.uniform(size=40).astype(np.float32)
+  values = rng.uniform(size=size).astype(np.float32)
+  if ties:
+    values = np.round(values * 3) / 3
   layout = GroupLayout(ids)
   got = layout.lower_median([jnp.asarray(values)], [layout.ids((), values)])
   for g in range(6):

@@ -25,6 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 
 UNPENALIZED = -1
+# Groups up to this size take their median by rank selection, larger by sort.
+_RANK_SELECT_MAX_WIDTH = 128
 
 Where = Callable[[tuple[Any, ...], Any], bool]
 
@@ -193,19 +195,34 @@ class GroupLayout:
     element's own value; see ``adam_hapg`` for why this convention.
     """
     flat_ids = np.concatenate([i.ravel() for i in ids])
-    keep = np.nonzero(flat_ids < self.num_groups)[0]
-    if keep.size == 0:
+    counts = np.bincount(flat_ids, minlength=self.num_groups + 1)
+    counts = counts[:self.num_groups]
+    if not counts.any():
       return jnp.zeros((self.num_groups,), leaves[0].dtype)
-    values = jnp.concatenate([jnp.ravel(l) for l in leaves])[keep]
-    group_of = flat_ids[keep]
-    # Sorting by (group, value) makes each group a contiguous sorted run whose
-    # start and length are known statically.
-    _, ordered = jax.lax.sort((jnp.asarray(group_of), values), num_keys=2)
-    counts = np.bincount(group_of, minlength=self.num_groups)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    index = starts + np.maximum(counts - 1, 0) // 2
-    index = np.minimum(index, ordered.shape[0] - 1)
-    return jnp.where(counts > 0, ordered[index], 0).astype(values.dtype)
+    # Statically gather each group into a row of a [G, max size] table padded
+    # with +inf, then sort the rows: a batch of short sorts is far cheaper
+    # than one sort of every element keyed by group.
+    order = np.argsort(flat_ids, kind='stable')  # groups made contiguous
+    starts = np.cumsum(counts) - counts
+    col = np.arange(int(counts.max()))
+    valid = col < counts[:, None]
+    table_index = np.where(
+        valid, order[np.where(valid, starts[:, None] + col, 0)], flat_ids.size)
+    values = jnp.concatenate([jnp.ravel(l) for l in leaves])
+    values = jnp.concatenate([values, jnp.full((1,), jnp.inf, values.dtype)])
+    table = values[table_index]
+    k = np.maximum(counts - 1, 0) // 2  # rank of the lower median
+    if table.shape[1] <= _RANK_SELECT_MAX_WIDTH:
+      # Rank selection: element i's rank counts the smaller elements of its
+      # row, ties broken by position. O(width²) compares, but they fuse into
+      # one elementwise pass, which XLA:CPU runs ~5x faster than its sort.
+      x_i, x_j = table[:, :, None], table[:, None, :]
+      earlier = np.tri(table.shape[1], k=-1, dtype=bool)[None]  # [., i, j]: j < i
+      rank = jnp.sum((x_j < x_i) | ((x_j == x_i) & earlier), axis=2)
+      median = jnp.sum(jnp.where(rank == k[:, None], table, 0), axis=1)
+    else:
+      median = jnp.sort(table, axis=1)[np.arange(self.num_groups), k]
+    return jnp.where(counts > 0, median, 0).astype(values.dtype)
 
 
 def as_layout(groups) -> GroupLayout:

@@ -1,0 +1,1 @@
+"""One module per job; each is a library with a ``run(config, workdir)``."""

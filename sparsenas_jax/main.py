@@ -1,0 +1,52 @@
+"""Command line: ``python -m sparsenas_jax.main --config=FILE[:variant] --workdir=DIR``.
+
+Every config field can be overridden as ``--config.field=value``.
+"""
+
+import importlib
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from sparsenas_jax.errors import ConfigError
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Job config: configs/<job>.py[:variant].',
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    'workdir', None, 'Directory for checkpoints, logs and results.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+# job name -> module with run(config, workdir)
+JOBS = {
+    'digits_prune': 'sparsenas_jax.experiments.digits_prune',
+}
+
+
+def _fail(message: str):
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
+def main(argv):
+  if len(argv) > 1:
+    _fail(f'unexpected arguments {argv[1:]}; fields are set as '
+          '--config.field=value.')
+  config = _CONFIG.value
+  job = config.get('job')
+  if job not in JOBS:
+    _fail(f'unknown job {job!r} in the config; valid jobs: '
+          f'{", ".join(sorted(JOBS))}.')
+  module = importlib.import_module(JOBS[job])
+  logging.info('job %s, workdir %s\n%s', job, _WORKDIR.value, config)
+  try:
+    module.run(config, _WORKDIR.value)
+  except ConfigError as e:
+    _fail(str(e))
+
+
+if __name__ == '__main__':
+  app.run(main)

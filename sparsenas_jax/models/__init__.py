@@ -1,0 +1,34 @@
+"""Flax modules of the sparse supernet: candidate ops and search cells.
+
+  from sparsenas_jax import models
+  arch = models.init_arch(jax.random.key(0), nodes=4)
+  net = models.SearchNetwork(C=16, num_classes=10, layers=8)
+  params = net.init(jax.random.key(1), images, arch)['params']
+"""
+
+from sparsenas_jax.models.ops import avg_pool_3x3
+from sparsenas_jax.models.ops import batch_norm
+from sparsenas_jax.models.ops import conv2d
+from sparsenas_jax.models.ops import DARTS_OPS
+from sparsenas_jax.models.ops import depthwise_conv2d
+from sparsenas_jax.models.ops import DilConv
+from sparsenas_jax.models.ops import FactorizedReduce
+from sparsenas_jax.models.ops import make_op
+from sparsenas_jax.models.ops import max_pool_3x3
+from sparsenas_jax.models.ops import ReLUConvBN
+from sparsenas_jax.models.ops import SepConv
+from sparsenas_jax.models.supernet import arch_shapes
+from sparsenas_jax.models.supernet import cell_types
+from sparsenas_jax.models.supernet import check_arch
+from sparsenas_jax.models.supernet import count_params
+from sparsenas_jax.models.supernet import init_arch
+from sparsenas_jax.models.supernet import MixedOp
+from sparsenas_jax.models.supernet import SearchCell
+from sparsenas_jax.models.supernet import SearchNetwork
+
+__all__ = [
+    'DARTS_OPS', 'DilConv', 'FactorizedReduce', 'MixedOp', 'ReLUConvBN',
+    'SearchCell', 'SearchNetwork', 'SepConv', 'arch_shapes', 'avg_pool_3x3',
+    'batch_norm', 'cell_types', 'check_arch', 'conv2d', 'count_params',
+    'depthwise_conv2d', 'init_arch', 'make_op', 'max_pool_3x3',
+]

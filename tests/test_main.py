@@ -1,0 +1,38 @@
+"""The command line: one-line errors for bad configs, before any training."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _main(*args):
+  return subprocess.run(
+      [sys.executable, '-m', 'sparsenas_jax.main', *args],
+      cwd=REPO, capture_output=True, text=True, timeout=120,
+      env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+
+
+@pytest.mark.parametrize('override, needle', [
+    ('--config.job=nope', 'unknown job'),
+    ('--config.runs=hapg:ridge', "penalty in ('lasso', 'group_lasso', 'sgl')"),
+    ('--config.runs=lbfgs:sgl', 'optimizer in'),
+    ('--config.l1_ratio=1.5', 'l1_ratio must be in [0, 1]'),
+])
+def test_bad_config_values_fail_with_one_line(tmp_path, override, needle):
+  proc = _main('--config=configs/digits_prune.py', f'--workdir={tmp_path}',
+               override)
+  assert proc.returncode == 2
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith('error: ') and needle in last
+  assert 'Traceback' not in proc.stderr
+
+
+def test_unknown_variant_names_the_valid_ones(tmp_path):
+  proc = _main('--config=configs/digits_prune.py:nope',
+               f'--workdir={tmp_path}')
+  assert proc.returncode != 0
+  assert 'unknown digits_prune variant' in proc.stderr
