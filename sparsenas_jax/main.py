@@ -11,6 +11,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from sparsenas_jax.data import DatasetNotPreparedError
+from sparsenas_jax.data import TensorFlowRequiredError
 from sparsenas_jax.errors import ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -22,6 +24,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 # job name -> module with run(config, workdir)
 JOBS = {
+    'cnn_search': 'sparsenas_jax.experiments.cnn_search',
     'digits_prune': 'sparsenas_jax.experiments.digits_prune',
 }
 
@@ -44,7 +47,7 @@ def main(argv):
   logging.info('job %s, workdir %s\n%s', job, _WORKDIR.value, config)
   try:
     module.run(config, _WORKDIR.value)
-  except ConfigError as e:
+  except (ConfigError, DatasetNotPreparedError, TensorFlowRequiredError) as e:
     _fail(str(e))
 
 

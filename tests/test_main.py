@@ -36,3 +36,26 @@ def test_unknown_variant_names_the_valid_ones(tmp_path):
                f'--workdir={tmp_path}')
   assert proc.returncode != 0
   assert 'unknown digits_prune variant' in proc.stderr
+
+
+def test_offline_cifar_search_fails_at_once_saying_how_to_get_it(tmp_path):
+  proc = _main('--config=configs/cnn_search.py', f'--workdir={tmp_path}/w',
+               f'--config.data_dir={tmp_path}/tfds')
+  assert proc.returncode == 2
+  last = proc.stderr.strip().splitlines()[-1]
+  assert 'tfds build cifar10' in last and 'digits' in last
+
+
+@pytest.mark.parametrize('override, needle', [
+    ('--config.ops=sep_conv_3x3,conv_9x9', 'unknown op'),
+    ('--config.layers=2', 'layers=2'),
+    ('--config.lambda_step=-0.01', 'negative'),
+    ('--config.arch_optimizer=sgd', 'valid'),
+])
+def test_bad_search_config_values_fail_with_one_line(tmp_path, override,
+                                                     needle):
+  proc = _main('--config=configs/cnn_search.py:digits',
+               f'--workdir={tmp_path}', override)
+  assert proc.returncode == 2
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith('error: ') and needle in last

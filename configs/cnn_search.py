@@ -1,0 +1,76 @@
+"""SparseNAS CNN cell search (Wu et al. 2021, Table 1 search; DARTS setup).
+
+  python -m sparsenas_jax.main --config=configs/cnn_search.py --workdir=DIR
+  python -m sparsenas_jax.main --config=configs/cnn_search.py:digits ...
+
+Variants: default = the paper's CIFAR-10 search (TFDS ``cifar10``, which must
+be prepared; see README); ``digits`` = scikit-learn's DIGITS, embedded, with
+a tiny supernet that searches in a few minutes on a CPU.
+"""
+
+import ml_collections
+
+DARTS_OPS = ('max_pool_3x3,avg_pool_3x3,skip_connect,sep_conv_3x3,'
+             'sep_conv_5x5,dil_conv_3x3,dil_conv_5x5')
+
+
+def get_config(arg=None):
+  c = ml_collections.ConfigDict()
+  c.job = 'cnn_search'
+  # Data: digits | cifar10 | cifar100. The training set is split into a
+  # weight-training part (train_portion) and an architecture-validation part.
+  c.dataset = 'cifar10'
+  c.data_dir = ''             # TFDS data_dir; '' = TFDS's default
+  c.train_portion = 0.5
+  c.crop_padding = 4          # random crop with this zero padding
+  c.flip = True               # random horizontal flip
+  c.seed = 0
+  # Supernet (DARTS search size): C, cells, intermediate nodes, candidate ops
+  # (comma-separated; DARTS's list without 'none').
+  c.init_channels = 16
+  c.layers = 8
+  c.nodes = 4
+  c.ops = DARTS_OPS
+  c.cell_impl = 'batched'     # batched (edge-vmapped) | reference
+  c.arch_init_scale = 0.0     # A init mean; 0 = 1/len(ops) (see init_arch)
+  # Search.
+  c.epochs = 50
+  c.batch_size = 64
+  c.hypergradient = 'exact'   # exact | finite_difference | first_order
+  # Network weights: SGD with momentum, cosine lr, weight decay, clipping.
+  c.learning_rate = 0.025
+  c.learning_rate_min = 0.001
+  c.momentum = 0.9
+  c.weight_decay = 3e-4
+  c.grad_clip = 5.0
+  # Architecture weights: adam_hapg (default) | hapg | adam (DARTS-like, no
+  # sparsity). λ = lambda_step * epoch (paper: 0.01), α = l1_ratio (0.5).
+  c.arch_optimizer = 'adam_hapg'
+  c.arch_learning_rate = 3e-4
+  c.arch_b1 = 0.5
+  c.arch_b2 = 0.999
+  c.arch_weight_decay = 1e-3  # adam only
+  c.lambda_step = 0.01
+  c.l1_ratio = 0.5
+  # Runtime.
+  c.eval_every_epochs = 1
+  c.num_devices = 0           # 0 = every local device
+  c.multi_host = False        # jax.distributed.initialize() first
+  c.compilation_cache_dir = ''  # '' = <workdir>/jax_cache
+  c.cpu_fast_compile = True   # XLA:CPU backend optimisation level 0
+  if arg == 'digits':
+    c.dataset = 'digits'
+    c.crop_padding = 1
+    c.flip = False
+    c.init_channels = 4
+    c.layers = 3
+    c.nodes = 3
+    c.epochs = 15
+    c.batch_size = 32
+    c.learning_rate = 0.05
+    c.arch_learning_rate = 3e-3
+    c.lambda_step = 0.02
+  elif arg not in (None, ''):
+    raise ValueError(f'unknown cnn_search variant {arg!r}; use "digits" or '
+                     'nothing.')
+  return c

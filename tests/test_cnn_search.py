@@ -1,0 +1,89 @@
+"""The CNN search job end to end on DIGITS: artifacts, kill and resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from sparsenas_jax import genotype as genotype_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# A tiny supernet: 2 channels, 3 cells, 2 nodes, 3 ops; three short epochs.
+TINY = ['--config.init_channels=2', '--config.layers=3', '--config.nodes=2',
+        '--config.ops=max_pool_3x3,skip_connect,sep_conv_3x3',
+        '--config.epochs=3', '--config.batch_size=64',
+        '--config.lambda_step=0.3']
+
+
+def _command(workdir, cache, *extra):
+  return [sys.executable, '-m', 'sparsenas_jax.main',
+          '--config=configs/cnn_search.py:digits', f'--workdir={workdir}',
+          f'--config.compilation_cache_dir={cache}', *TINY, *extra]
+
+
+def _env():
+  return {**os.environ, 'JAX_PLATFORMS': 'cpu'}
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory):
+  """An uninterrupted search, and one SIGKILLed after its first checkpoint."""
+  root = tmp_path_factory.mktemp('search')
+  cache = root / 'cache'
+  full = subprocess.run(_command(root / 'full', cache), cwd=REPO, env=_env(),
+                        capture_output=True, text=True, timeout=900)
+  assert full.returncode == 0, full.stderr[-3000:]
+
+  killed = root / 'killed'
+  proc = subprocess.Popen(_command(killed, cache), cwd=REPO, env=_env(),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  deadline = time.time() + 600
+  ckpt = killed / 'checkpoints'
+  while time.time() < deadline and proc.poll() is None:
+    if ckpt.exists() and any(p.name.isdigit() for p in ckpt.iterdir()):
+      break
+    time.sleep(0.05)
+  assert proc.poll() is None, 'the run ended before it could be killed'
+  os.kill(proc.pid, signal.SIGKILL)
+  proc.wait()
+  assert not (killed / 'genotype.json').exists()
+  resumed = subprocess.run(_command(killed, cache), cwd=REPO, env=_env(),
+                           capture_output=True, text=True, timeout=900)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  return root / 'full', killed, full.stderr, resumed.stderr
+
+
+def test_search_writes_a_sparse_genotype_and_progress(runs):
+  full, _, log, _ = runs
+  genotype = genotype_lib.load_genotype(str(full / 'genotype.json'))
+  results = json.loads((full / 'search_results.json').read_text())
+  counts = results['counts']
+  # λ reached 0.6 by the last epoch: the prox removed ops.
+  assert counts['ops_nonzero'] < counts['ops_total']
+  kept = sum(len(n.inputs) for t in ('normal', 'reduce')
+             for n in genotype.cell(t)[0])
+  assert kept == results['genotype_stats']['total']['ops_kept'] > 0
+  assert (full / 'genotype.png').stat().st_size > 1000
+  lines = [json.loads(l) for l in
+           (full / 'metrics.jsonl').read_text().splitlines()]
+  per_epoch = lines[0]['step']
+  assert [l['step'] for l in lines] == [per_epoch, 2 * per_epoch, 3 * per_epoch]
+  assert [l['lambda'] for l in lines] == pytest.approx([0.0, 0.3, 0.6])
+  assert lines[-1]['test_accuracy'] > 0.3  # 10 classes: chance is 0.1
+  assert 'epoch 3/3' in log and 'ETA' in log
+
+
+def test_killed_run_resumes_to_the_same_architecture(runs):
+  full, killed, _, resumed_log = runs
+  assert 'resumed from the checkpoint of step' in resumed_log
+  a = np.load(full / 'architecture.npz')
+  b = np.load(killed / 'architecture.npz')
+  for k in a.files:
+    np.testing.assert_array_equal(a[k], b[k])
+  assert ((full / 'genotype.json').read_text() ==
+          (killed / 'genotype.json').read_text())
