@@ -51,9 +51,10 @@ from sparsenas_jax.models.ops import ReLUConvBN
 
 cell_types = ('normal', 'reduce')
 
-# SearchNetwork.cell_impl: 'batched' (BatchedSearchCell), 'reference'
-# (SearchCell).
-CELL_IMPLS = ('batched', 'reference')
+# SearchNetwork.cell_impl: 'batched' (BatchedSearchCell, SearchCell's
+# params), 'stacked' (BatchedSearchCell, params stacked per stage),
+# 'reference' (SearchCell).
+CELL_IMPLS = ('batched', 'stacked', 'reference')
 
 
 def arch_shapes(nodes: int, num_ops: int) -> dict[str, tuple[int, int]]:
@@ -243,13 +244,18 @@ class SearchCell(nn.Module):
 
 
 class BatchedSearchCell(nn.Module):
-  """``SearchCell`` computed edge-batched: same params, same function.
+  """``SearchCell`` computed edge-batched: the same function, far fewer ops.
 
-  The edges leaving the same node are computed together, one application
-  per kind of op instead of one per edge (see ``batched_cell``): far fewer
-  XLA ops, hence far faster compilation. The parameter tree, its names and
-  its initial values are exactly those of ``SearchCell``; outputs agree up to
-  the order of floating-point sums.
+  The edges leaving one node are computed together, one application per
+  kind of op instead of one per edge (``batched_cell``): far fewer XLA ops,
+  hence much faster compilation. Outputs agree with ``SearchCell`` up to the
+  order of floating-point sums.
+
+  With ``stacked_params=False`` the parameter tree, its names and its
+  initial values are exactly ``SearchCell``'s. With ``stacked_params=True``
+  the params of each stage's edges are stacked along a leading axis
+  (``batched_cell`` describes the layout; ``reference_to_stacked_params``
+  converts): fewer leaves, smaller graphs.
 
   Attributes:
     channels: C, the channels of every node.
@@ -257,12 +263,14 @@ class BatchedSearchCell(nn.Module):
     reduction_prev: whether the previous cell was a reduction cell.
     nodes: intermediate nodes.
     ops: op names.
+    stacked_params: the per-stage parameter layout instead of per-edge.
   """
   channels: int
   reduction: bool = False
   reduction_prev: bool = False
   nodes: int = 4
   ops: Sequence[str] = DARTS_OPS
+  stacked_params: bool = False
 
   @nn.compact
   def __call__(self, s0, s1, weights):
@@ -270,19 +278,23 @@ class BatchedSearchCell(nn.Module):
     _check_shapes(weights, arch_shapes(self.nodes, len(self.ops)),
                   'cell weights', self.nodes, len(self.ops))
     c = self.channels
-    if self.reduction_prev:
-      s0 = FactorizedReduce(c, name='preprocess0')(s0)
-    else:
-      s0 = ReLUConvBN(c, name='preprocess0')(s0)
-    s1 = ReLUConvBN(c, name='preprocess1')(s1)
-    edge_params = {}
-    for j in range(self.nodes):
-      for i in range(j + 2):
-        stride = 2 if self.reduction and i < 2 else 1
-        name = f'node_{j}_edge_{i}'
-        edge_params[name] = batched_cell.EdgeParams(c, stride, self.ops,
-                                                    name=name)()
-    return batched_cell.cell_nodes(s0, s1, weights, edge_params,
+    p0, p1 = batched_cell.preprocess_params(
+        s0.shape[-1], s1.shape[-1], c, self.reduction_prev)
+    x = batched_cell.preprocess(s0, s1, p0, p1,
+                                reduction_prev=self.reduction_prev)
+    stage_params = []
+    for k, edges in enumerate(batched_cell.stage_edges(self.nodes)):
+      stride = 2 if self.reduction and k == 0 else 1
+      if self.stacked_params:
+        num_edges = sum(len(row) for row in edges)
+        stage_params.append(batched_cell.MixedOpParams(
+            c, stride, self.ops, num_edges, name=f'stage_{k}')())
+      else:
+        stage_params.append(batched_cell.stack_edge_params([
+            batched_cell.MixedOpParams(c, stride, self.ops,
+                                       name=f'node_{j}_edge_{i}')()
+            for row in edges for i, j in row]))
+    return batched_cell.cell_nodes(x, weights, stage_params,
                                    reduction=self.reduction, nodes=self.nodes,
                                    ops=self.ops)
 
@@ -308,9 +320,12 @@ class SearchNetwork(nn.Module):
     nodes: intermediate nodes per cell.
     ops: op names, a subset of ``DARTS_OPS``; fixes the arch's last axis.
     stem_multiplier: the stem has ``stem_multiplier * C`` channels.
-    cell_impl: ``'batched'`` (``BatchedSearchCell``, the default: the same
-      function and params, much faster to compile) or ``'reference'``
-      (``SearchCell``, one ``MixedOp`` per edge).
+    cell_impl: ``'batched'`` (the default: ``BatchedSearchCell``, the same
+      function and params as ``'reference'``, much faster to compile),
+      ``'stacked'`` (``BatchedSearchCell`` with the params of each stage's
+      edges stacked: faster still; ``reference_to_stacked_params``
+      converts) or ``'reference'`` (``SearchCell``, one ``MixedOp`` per
+      edge).
 
   References:
     Wu et al. 2021, Eq. 1 and "Sparse Supernet"; Liu et al. 2019 (DARTS).
@@ -368,10 +383,13 @@ class SearchNetwork(nn.Module):
       reduction = layer in self.reduction_layers()
       if reduction:
         c *= 2
-      cell_cls = (BatchedSearchCell if self.cell_impl == 'batched'
-                  else SearchCell)
-      cell = cell_cls(c, reduction, reduction_prev, self.nodes, self.ops,
-                      name=f'cell_{layer}')
+      if self.cell_impl == 'reference':
+        cell = SearchCell(c, reduction, reduction_prev, self.nodes, self.ops,
+                          name=f'cell_{layer}')
+      else:
+        cell = BatchedSearchCell(c, reduction, reduction_prev, self.nodes,
+                                 self.ops, self.cell_impl == 'stacked',
+                                 name=f'cell_{layer}')
       s0, s1 = s1, cell(s0, s1, arch[cell_types[int(reduction)]])
       reduction_prev = reduction
     features = jnp.mean(s1, axis=(1, 2))
