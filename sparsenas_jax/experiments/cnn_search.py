@@ -446,6 +446,12 @@ def run(config: ml_collections.ConfigDict, workdir: str):
 
 def _finish(config, state, ops, workdir, summary):
   """Derives, saves and pictures the genotype; writes search_results.json."""
+  metrics_path = os.path.join(workdir, 'metrics.jsonl')
+  if 'train_loss' not in summary and os.path.exists(metrics_path):
+    # Resumed after the last step: report the last epoch's scalars.
+    with open(metrics_path) as f:
+      lines = f.read().splitlines()
+    summary = {**json.loads(lines[-1]), **summary} if lines else summary
   arch = parallel.to_host(architecture(config, state))
   np.savez(os.path.join(workdir, 'architecture.npz'),
            **{f'{t}/{n}': v for t in arch for n, v in arch[t].items()})
