@@ -64,12 +64,12 @@ def get_config(arg=None):
     c.flip = False
     c.init_channels = 4
     c.layers = 3
-    c.nodes = 3
-    c.epochs = 15
+    c.nodes = 2
+    c.epochs = 10
     c.batch_size = 32
     c.learning_rate = 0.05
     c.arch_learning_rate = 3e-3
-    c.lambda_step = 0.02
+    c.lambda_step = 0.05
   elif arg not in (None, ''):
     raise ValueError(f'unknown cnn_search variant {arg!r}; use "digits" or '
                      'nothing.')

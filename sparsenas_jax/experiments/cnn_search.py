@@ -93,9 +93,9 @@ def validate(config) -> tuple[str, ...]:
     raise ConfigError(f'config.l1_ratio={config.l1_ratio}: use [0, 1].')
   if config.epochs < 1 or config.batch_size < 1:
     raise ConfigError('config.epochs and config.batch_size must be >= 1.')
-  if config.cell_impl not in ('batched', 'reference'):
+  if config.cell_impl not in supernet.CELL_IMPLS:
     raise ConfigError(f'config.cell_impl={config.cell_impl!r}; valid: '
-                      "('batched', 'reference').")
+                      f'{supernet.CELL_IMPLS}.')
   return parse_ops(config.ops)
 
 

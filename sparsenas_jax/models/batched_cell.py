@@ -11,24 +11,21 @@ node they leave, and each stage applies each kind of op once:
   k - 1 (predecessor row k + 1 of the arch), once that node is complete.
 
 Within a stage (Wu et al. 2021, Eq. 1, ``out_e = Σ_o A[j][i, o] op_o(x_i)``,
-node j the sum of its incoming edges):
+node j the sum of its incoming edges), feature maps of several edges are
+stacked on a leading axis, ``[edges, N, H, W, C]``:
 
 * Parameter-free ops (the pools, the identity) see the same input on every
   edge leaving a source, and batch norm without affine parameters is a
   function of its input alone: they are computed once per source and mixed
   with each edge's weight.
-* The convolutions fold the edge axis into the channels. Depthwise
-  convolutions and batch norm act on each channel alone, so one depthwise
-  convolution over (op, edge, channel) channels with the per-edge kernels
-  side by side computes every edge at once, and batch norm keeps statistics
-  per (edge, op, channel) as in the reference. The 1x1 pointwise
-  convolutions, block diagonal, are one matmul batched over (op, edge).
-* Kernels of one dilation share a convolution: a 3x3 kernel zero-padded to
-  5x5 computes the same output with the 5x5 padding (sep_conv_3x3 with
-  sep_conv_5x5, dil_conv_3x3 with dil_conv_5x5).
+* Each conv op runs once over all the stage's edges. The depthwise
+  convolutions are sums of shifted, scaled copies of the input (one fused
+  loop, with per-edge kernels; ``_depthwise``), the 1x1 pointwise
+  convolutions are one matmul batched over (op, edge), batch norm keeps its
+  statistics per (op, edge, channel) as in the reference.
 * The batch norms of one stage that do not depend on each other (the pools,
-  factorized reduce, the first conv block) are one batch norm over their
-  channels side by side; so are those of the two preprocessed inputs.
+  factorized reduce, the first conv block of every conv op) are one batch
+  norm; so are those of the two preprocessed inputs.
 
 Only the order of floating-point sums differs from ``SearchCell``.
 
@@ -61,10 +58,9 @@ from jax import lax
 import numpy as np
 
 from sparsenas_jax.models.ops import avg_pool_3x3
-from sparsenas_jax.models.ops import batch_norm
+from sparsenas_jax.models.ops import BN_EPS
 from sparsenas_jax.models.ops import conv2d
 from sparsenas_jax.models.ops import conv_init
-from sparsenas_jax.models.ops import depthwise_conv2d
 from sparsenas_jax.models.ops import max_pool_3x3
 
 # (kernel size, dilation, number of ReLU-depthwise-pointwise-BN blocks).
@@ -248,50 +244,16 @@ def _conv_members(ops: Sequence[str]) -> list[str]:
           [op for op in conv if _CONV_OPS[op][2] == 1])
 
 
-def _dw_groups(members: Sequence[str]) -> list[tuple[int, int, list[str]]]:
-  """Consecutive ops of one dilation share a depthwise conv.
-
-  Returns:
-    ``[(kernel size, dilation, ops)]`` in the order of ``members``; the size
-    is the largest of the group's.
-  """
-  groups = []
-  for m in members:
-    k, d, _ = _CONV_OPS[m]
-    if groups and groups[-1][1] == d:
-      groups[-1] = (max(groups[-1][0], k), d, groups[-1][2] + [m])
-    else:
-      groups.append((k, d, [m]))
-  return groups
-
-
-def _pad_kernel(kernel: jax.Array, size: int) -> jax.Array:
-  """Zero-pads ``[..., k, k, C]`` to ``[..., size, size, C]`` (centred).
-
-  With the padding ``dilation * (size - 1) // 2`` the padded kernel computes
-  the output of the kxk one with ``dilation * (k - 1) // 2``.
-  """
-  lo = (size - kernel.shape[-2]) // 2
-  widths = [(0, 0)] * (kernel.ndim - 3) + [(lo, lo)] * 2 + [(0, 0)]
-  return jnp.pad(kernel, widths)
-
-
 def _pack_block(stacked, members: Sequence[str], block: str
                 ) -> dict[str, Any]:
   def leaf(op, name):
     p = stacked[op]
     return (p[block] if _CONV_OPS[op][2] == 2 else p)[name]
 
-  depthwise = []
-  for size, _, group in _dw_groups(members):
-    # [G, E, K, K, C] -> [K, K, G * E * C], channels ordered (op, edge, c).
-    kernel = jnp.stack([_pad_kernel(leaf(op, 'depthwise')[..., 0, :], size)
-                        for op in group])
-    depthwise.append(
-        jnp.moveaxis(kernel, (0, 1), (-3, -2)).reshape(size, size, -1))
-  pointwise = jnp.concatenate(
-      [leaf(op, 'pointwise')[:, 0, 0] for op in members])
-  return {'depthwise': tuple(depthwise), 'pointwise': pointwise}
+  return {'depthwise': tuple(leaf(op, 'depthwise')[..., 0, :]
+                             for op in members),
+          'pointwise': jnp.concatenate(
+              [leaf(op, 'pointwise')[:, 0, 0] for op in members])}
 
 
 def pack_stage_params(stacked: Mapping[str, Any], *, ops: Sequence[str],
@@ -310,8 +272,7 @@ def pack_stage_params(stacked: Mapping[str, Any], *, ops: Sequence[str],
     'block_1': {...}, 'factorized_reduce': [2, S, T, C, C // 2]}``, with
     ``block_1`` only if there are SepConvs and ``factorized_reduce`` only for
     ``skip_connect`` at stride 2. The M conv ops are in the order of
-    ``_conv_members``; each depthwise kernel is ``[K, K, G * E * C]`` for a
-    group of G ops (``_dw_groups``), channels ordered (op, edge, channel).
+    ``_conv_members``, one depthwise kernel ``[E, K, K, C]`` each.
   """
   packed = {}
   members = _conv_members(ops)
@@ -330,62 +291,150 @@ def pack_stage_params(stacked: Mapping[str, Any], *, ops: Sequence[str],
 
 
 # ----------------------------------------------------------------------------
-# Pure functions.
+# Pure functions. Feature maps of several edges or sources are stacked on a
+# leading axis: [L, N, H, W, C].
 # ----------------------------------------------------------------------------
 
 
-_DW_IMPL = 'custom'
+def _out_size(size: int, stride: int) -> int:
+  return (size - 1) // stride + 1
+
+
+def _batch_norm(x: jax.Array) -> jax.Array:
+  """``ops.batch_norm`` of each ``x[l]``: statistics over N, H, W per (l, c).
+
+  Args:
+    x: ``[L, N, H, W, C]``.
+
+  Returns:
+    The normalised array, with the dtype of ``x``.
+  """
+  x32 = x.astype(jnp.float32)
+  mean = jnp.mean(x32, axis=(1, 2, 3), keepdims=True)
+  var = jnp.mean(jnp.square(x32 - mean), axis=(1, 2, 3), keepdims=True)
+  return ((x32 - mean) * lax.rsqrt(var + BN_EPS)).astype(x.dtype)
+
+
+def _batch_norms(arrays: Sequence[jax.Array]) -> list[jax.Array]:
+  """``_batch_norm`` of several ``[L_i, N, H, W, C]``, as one batch norm."""
+  if len(arrays) <= 1:
+    return [_batch_norm(a) for a in arrays]
+  out = _batch_norm(jnp.concatenate(arrays))
+  return jnp.split(out, np.cumsum([a.shape[0] for a in arrays])[:-1])
+
+
+def _shifted_products(x: jax.Array, kernel: jax.Array, stride: int,
+                      dilation: int) -> jax.Array:
+  """Depthwise convs as sums of K * K shifted, scaled copies of the input.
+
+  Computes ``ops.depthwise_conv2d(x[l], kernel[l])`` for every l (same
+  padding, same output) with elementwise ops only, which XLA fuses into one
+  loop: on XLA:CPU many times faster than ``lax.conv_general_dilated`` with
+  ``feature_group_count``.
+
+  Args:
+    x: ``[L, N, H, W, C]``.
+    kernel: ``[L, K, K, C]``, K odd.
+    stride: spatial stride.
+    dilation: kernel dilation.
+
+  Returns:
+    ``[L, N, ceil(H/stride), ceil(W/stride), C]``.
+  """
+  k = kernel.shape[1]
+  pad = dilation * (k - 1) // 2
+  l, n, h, w, c = x.shape
+  ho, wo = _out_size(h, stride), _out_size(w, stride)
+  xp = jnp.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad), (0, 0)))
+  kernel = kernel.astype(x.dtype)
+  out = None
+  for a in range(k):
+    for b in range(k):
+      start = (0, 0, a * dilation, b * dilation, 0)
+      limit = (l, n, start[2] + (ho - 1) * stride + 1,
+               start[3] + (wo - 1) * stride + 1, c)
+      term = lax.slice(xp, start, limit, (1, 1, stride, stride, 1)) * (
+          kernel[:, a, b][:, None, None, None, :])
+      out = term if out is None else out + term
+  return out
+
+
+def _taps(x: jax.Array, k: int, stride: int, dilation: int) -> jax.Array:
+  """``[L, N, K * K, H' * W', C]``: the pixels each kernel tap multiplies."""
+  pad = dilation * (k - 1) // 2
+  l, n, h, w, c = x.shape
+  ho, wo = _out_size(h, stride), _out_size(w, stride)
+  xp = jnp.pad(x.reshape(l * n, h, w, c),
+               ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  rows = (np.repeat(np.arange(k), k)[:, None] * dilation +
+          stride * np.arange(ho)[None])
+  cols = (np.tile(np.arange(k), k)[:, None] * dilation +
+          stride * np.arange(wo)[None])
+  # One gather: XLA:CPU would copy each of K * K slices separately.
+  taps = xp[:, rows[:, :, None], cols[:, None, :]]  # [L N, K K, H', W', C]
+  return taps.reshape(l, n, k * k, ho * wo, c)
+
+
+_DW_IMPL = 'shifted'
+
+
+def _lax_dw(x, kernel, stride, dilation):
+  from sparsenas_jax.models.ops import depthwise_conv2d
+  l, n, h, w, c = x.shape
+  k = kernel.shape[1]
+  xc = jnp.moveaxis(x, 0, 3).reshape(n, h, w, l * c)
+  kc = jnp.moveaxis(kernel, 0, 2).reshape(k, k, 1, l * c)
+  y = depthwise_conv2d(xc, kc, stride=stride, dilation=dilation)
+  return jnp.moveaxis(y.reshape(y.shape[:3] + (l, c)), 3, 0)
+
+
+def _prim(x, kernel, stride, dilation):
+  if _DW_IMPL == 'shifted':
+    return _shifted_products(x, kernel, stride, dilation)
+  return _lax_dw(x, kernel, stride, dilation)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
 def _depthwise(x: jax.Array, kernel: jax.Array, stride: int, dilation: int
                ) -> jax.Array:
-  """Depthwise conv, ``kernel`` ``[K, K, C]``, padded as ``ops.conv2d``."""
-  return depthwise_conv2d(x, kernel[:, :, None, :], stride=stride,
-                          dilation=dilation)
+  """``_shifted_products`` with a compact derivative in the kernel.
 
-
-def _taps(x, k, stride, dilation):
-  """``[N, K * K, H', W', C]``: the input each kernel tap multiplies."""
-  pad = dilation * (k - 1) // 2
-  _, h, w, _ = x.shape
-  ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
-  xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-  a = np.repeat(np.arange(k), k) * dilation
-  b = np.tile(np.arange(k), k) * dilation
-  rows = a[:, None] + stride * np.arange(ho)[None]
-  cols = b[:, None] + stride * np.arange(wo)[None]
-  return xp[:, rows[:, :, None], cols[:, None, :]]
+  Autodiff of the shifted products gives the kernel gradient as K * K
+  separate reductions; the JVP below writes the kernel term as one product
+  with the gathered taps, whose transpose is one reduction. A custom JVP,
+  not VJP, keeps forward mode working: the exact hypergradient takes the JVP
+  of a gradient.
+  """
+  return _prim(x, kernel, stride, dilation)
 
 
 @_depthwise.defjvp
 def _depthwise_jvp(stride, dilation, primals, tangents):
   x, kernel = primals
   dx, dkernel = tangents
-  k, _, c = kernel.shape
-  y = _depthwise(x, kernel, stride, dilation)
-  dy = depthwise_conv2d(dx, kernel[:, :, None, :], stride=stride,
-                        dilation=dilation)
+  l, k, _, c = kernel.shape
+  y = _prim(x, kernel, stride, dilation)
   taps = _taps(x, k, stride, dilation)
-  dy = dy + jnp.sum(taps * dkernel.reshape(1, k * k, 1, 1, c), axis=1)
+  dk = dkernel.reshape(l, 1, k * k, 1, c).astype(x.dtype)
+  dy = _prim(dx, kernel, stride, dilation) + jnp.sum(
+      taps * dk, axis=2).reshape(y.shape)
   return y, dy
 
 
 def _pointwise(y: jax.Array, kernels: jax.Array) -> jax.Array:
-  """Block-diagonal 1x1 conv: group g of C channels times ``kernels[g]``.
+  """1x1 convs: ``y[l] @ kernels[l]``.
 
   Args:
-    y: ``[N, H, W, G * C]``.
-    kernels: ``[G, C, C_out]``.
+    y: ``[L, N, H, W, C]``.
+    kernels: ``[L, C, C_out]``.
 
   Returns:
-    ``[N, H, W, G * C_out]``.
+    ``[L, N, H, W, C_out]``.
   """
-  g, c, c_out = kernels.shape
-  n, h, w, _ = y.shape
-  out = jnp.einsum('nhwgc,gcd->nhwgd', y.reshape(n, h, w, g, c),
+  l, n, h, w, c = y.shape
+  out = jnp.einsum('lmc,lcd->lmd', y.reshape(l, n * h * w, c),
                    kernels.astype(y.dtype))
-  return out.reshape(n, h, w, g * c_out)
+  return out.reshape(l, n, h, w, -1)
 
 
 def _conv_block(x: jax.Array, members: Sequence[str], packed, *,
@@ -393,74 +442,51 @@ def _conv_block(x: jax.Array, members: Sequence[str], packed, *,
   """ReLU, depthwise, pointwise of several conv ops, before batch norm.
 
   Args:
-    x: ``[N, H, W, E * C]``, the input of every op (``shared_input``), or
-      ``[N, H, W, M * E * C]``, channels ordered (op, edge, channel).
+    x: ``[E, N, H, W, C]``, the input of every op (``shared_input``), or
+      ``[M * E, N, H, W, C]``, ordered (op, edge).
     members: the M ops, in the order of the packed params.
     packed: ``{'depthwise': ..., 'pointwise': ...}`` of ``_pack_block``.
     shared_input: whether every op reads the same ``x``.
     stride: stride of the depthwise convs.
 
   Returns:
-    ``[N, H', W', M * E * C]``.
+    ``[M * E, N, H', W', C]``, ordered (op, edge).
   """
   x = nn.relu(x)
-  n, h, w, _ = x.shape
-  if not shared_input:
-    x = x.reshape(n, h, w, len(members), -1)
-  outs, start = [], 0
-  for (_, dilation, group), kernel in zip(_dw_groups(members),
-                                          packed['depthwise']):
-    if shared_input:
-      xg = jnp.concatenate([x] * len(group), axis=-1)
-    else:
-      xg = x[:, :, :, start:start + len(group)].reshape(n, h, w, -1)
-    start += len(group)
-    if _DW_IMPL == 'custom':
-      outs.append(_depthwise(xg, kernel, stride, dilation))
-    else:
-      outs.append(depthwise_conv2d(xg, kernel[:, :, None, :], stride=stride,
-                                   dilation=dilation))
-  y = jnp.concatenate(outs, axis=-1)
+  e = x.shape[0] if shared_input else x.shape[0] // len(members)
+  y = jnp.concatenate([
+      _depthwise(x if shared_input else x[m * e:(m + 1) * e], kernel, stride,
+                 _CONV_OPS[op][1])
+      for m, (op, kernel) in enumerate(zip(members, packed['depthwise']))])
   return _pointwise(y, packed['pointwise'])
-
-
-def _batch_norms(arrays: Sequence[jax.Array]) -> list[jax.Array]:
-  """``batch_norm`` of each array (one N, H, W), as a single batch norm."""
-  if len(arrays) <= 1:
-    return [batch_norm(a) for a in arrays]
-  out = batch_norm(jnp.concatenate(arrays, axis=-1))
-  return jnp.split(out, np.cumsum([a.shape[-1] for a in arrays])[:-1],
-                   axis=-1)
-
-
-def _even_odd(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """What FactorizedReduce's two 1x1 stride-2 convs read: even, odd pixels."""
-  _, h, w, _ = x.shape
-  odd = jnp.pad(x[:, 1:, 1:], ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
-  return x[:, ::2, ::2], odd[:, ::2, ::2]
 
 
 def _factorized_reduce(x: jax.Array, kernels: jax.Array) -> jax.Array:
   """FactorizedReduce on every edge of a stage, before batch norm.
 
   Args:
-    x: ``[N, H, W, S * C]``, the S sources side by side.
+    x: ``[S, N, H, W, C]``, the sources.
     kernels: ``[2, S, T, C, C // 2]``, the packed ``kernel_0``, ``kernel_1``.
 
   Returns:
-    ``[N, ceil(H/2), ceil(W/2), S * T * C]``, channels ordered (s, t, c).
+    ``[S * T, N, ceil(H/2), ceil(W/2), C]``, ordered (s, t).
   """
-  _, s, t, c, _ = kernels.shape
-  even, odd = _even_odd(nn.relu(x))
-  n, h2, w2, _ = even.shape
-  z = jnp.stack([even, odd], axis=3).reshape(n * h2 * w2, 2, s, c)
-  out = jnp.einsum('mqsc,qstcd->mstqd', z, kernels.astype(x.dtype))
-  return out.reshape(n, h2, w2, s * t * c)
+  s, n, h, w, c = x.shape
+  t = kernels.shape[2]
+  r = nn.relu(x)
+  # The 1x1 stride-2 convs read the even pixels and the odd ones.
+  odd = jnp.pad(r[:, :, 1:, 1:],
+                ((0, 0), (0, 0), (0, h % 2), (0, w % 2), (0, 0)))
+  z = jnp.stack([r[:, :, ::2, ::2], odd[:, :, ::2, ::2]])
+  ho, wo = z.shape[3:5]
+  z = z.reshape(2, s, n * ho * wo, c)
+  out = jnp.einsum('qsmc,qstcd->stmqd', z, kernels.astype(x.dtype))
+  return out.reshape(s * t, n, ho, wo, c)
 
 
 def preprocess(s0: jax.Array, s1: jax.Array, p0, p1, *,
                reduction_prev: bool) -> jax.Array:
-  """``SearchCell``'s two preprocessing ops, side by side.
+  """``SearchCell``'s two preprocessing ops, stacked.
 
   Args:
     s0: ``[N, H0, W0, C0]``, output of the cell two back.
@@ -471,19 +497,18 @@ def preprocess(s0: jax.Array, s1: jax.Array, p0, p1, *,
     reduction_prev: whether H0 = 2 H.
 
   Returns:
-    ``[N, H, W, 2 * C]``: preprocessed s0, then s1.
+    ``[2, N, H, W, C]``: preprocessed s0 and s1.
   """
   if reduction_prev:
     r = nn.relu(s0)
     _, h, w, _ = r.shape
     shifted = jnp.pad(r[:, 1:, 1:], ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
-    y0 = [conv2d(r, p0['kernel_0'], stride=2),
-          conv2d(shifted, p0['kernel_1'], stride=2)]
+    y0 = jnp.concatenate([conv2d(r, p0['kernel_0'], stride=2),
+                          conv2d(shifted, p0['kernel_1'], stride=2)], axis=-1)
   else:
-    y0 = [conv2d(nn.relu(s0), p0['kernel'])]
+    y0 = conv2d(nn.relu(s0), p0['kernel'])
   y1 = conv2d(nn.relu(s1), p1['kernel'])
-  # Per-channel statistics: one batch norm of the channels side by side.
-  return batch_norm(jnp.concatenate(y0 + [y1], axis=-1))
+  return _batch_norm(jnp.stack([y0, y1]))
 
 
 def stage(x: jax.Array, weights: jax.Array, packed, *, stride: int,
@@ -491,7 +516,7 @@ def stage(x: jax.Array, weights: jax.Array, packed, *, stride: int,
   """All edges leaving S sources, summed per target node.
 
   Args:
-    x: ``[N, H, W, S * C]``, the sources side by side.
+    x: ``[S, N, H, W, C]``, the sources.
     weights: ``[S, T, len(ops)]``: ``weights[s, t]`` is the arch row of the
       edge from source s to target t.
     packed: the edges' params, ``pack_stage_params``.
@@ -499,46 +524,43 @@ def stage(x: jax.Array, weights: jax.Array, packed, *, stride: int,
     ops: op names.
 
   Returns:
-    ``[N, H', W', T, C]``: target t gets ``Σ_s Σ_o weights[s, t, o]
-    op_o(source s)`` with the params of edge (s, t).
+    ``[T, N, H', W', C]``: target t gets ``Σ_s Σ_o weights[s, t, o]
+    op_o(x[s])`` with the params of edge (s, t).
 
   References:
     Wu et al. 2021, Eq. 1.
   """
   s_count, t_count = weights.shape[:2]
-  n, h, w, sc = x.shape
-  c = sc // s_count
-  ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
+  _, n, h, w, c = x.shape
+  ho, wo = _out_size(h, stride), _out_size(w, stride)
   weights = weights.astype(x.dtype)
   op_index = {op: o for o, op in enumerate(ops)}
-
-  def arch(names):  # [len(names), S, T]
-    return jnp.stack([weights[:, :, op_index[op]] for op in names])
 
   pools = [op for op in ops if op in ('max_pool_3x3', 'avg_pool_3x3')]
   members = _conv_members(ops)
   sep = [op for op in members if _CONV_OPS[op][2] == 2]
   factorized = 'skip_connect' in ops and stride == 2
 
-  pre_bn = [max_pool_3x3(x, stride) if op == 'max_pool_3x3'
-            else avg_pool_3x3(x, stride) for op in pools]
+  pre_bn = []
+  for op in pools:
+    pool = max_pool_3x3 if op == 'max_pool_3x3' else avg_pool_3x3
+    pre_bn.append(pool(x.reshape(s_count * n, h, w, c), stride).reshape(
+        s_count, n, ho, wo, c))
   if factorized:
     pre_bn.append(_factorized_reduce(x, packed['factorized_reduce']))
   if members:
-    per_edge_x = jnp.broadcast_to(x.reshape(n * h * w, s_count, 1, c),
-                                  (n * h * w, s_count, t_count, c))
-    pre_bn.append(_conv_block(per_edge_x.reshape(n, h, w, -1), members,
-                              packed['block_0'], shared_input=True,
+    per_edge_x = jnp.broadcast_to(x[:, None], (s_count, t_count) + x.shape[1:])
+    pre_bn.append(_conv_block(per_edge_x.reshape((-1,) + x.shape[1:]),
+                              members, packed['block_0'], shared_input=True,
                               stride=stride))
   normed = _batch_norms(pre_bn)
 
-  # Mix with the arch weights. N, H', W' are flattened: XLA:CPU (jax 0.10.2)
-  # crashes on some reductions of rank-7 arrays.
-  m = n * ho * wo
-
-  def mix(y, names, num_targets):  # -> [N H' W', T, C]
-    y = y.reshape(m, len(names), s_count, num_targets, c)
-    return jnp.sum(y * arch(names)[..., None], axis=(1, 2))
+  def mix(y, names, num_targets):  # -> [T, N H' W', C]
+    # Rank 5 at most: XLA:CPU (jax 0.10.2) crashes on some reductions of
+    # rank-7 arrays.
+    y = y.reshape(len(names), s_count, num_targets, n * ho * wo, c)
+    a = jnp.stack([weights[:, :, op_index[op]] for op in names])
+    return jnp.sum(y * a[..., None, None], axis=(0, 1))
 
   terms = []
   # Ops whose output is the same on every edge leaving a source.
@@ -548,21 +570,21 @@ def stage(x: jax.Array, weights: jax.Array, packed, *, stride: int,
     per_source.append(x)
     source_ops.append('skip_connect')
   if per_source:
-    terms.append(mix(jnp.stack(per_source, axis=3), source_ops, 1))
+    terms.append(mix(jnp.stack(per_source), source_ops, 1))
   # Ops with per-edge params.
   if factorized:
     terms.append(mix(normed[len(pools)], ['skip_connect'], t_count))
   if members:
     block_0 = normed[-1]
-    split = len(sep) * s_count * t_count * c
+    split = len(sep) * s_count * t_count
     if sep:
-      block_1 = batch_norm(_conv_block(block_0[..., :split], sep,
-                                       packed['block_1'],
-                                       shared_input=False, stride=1))
+      block_1 = _batch_norm(_conv_block(block_0[:split], sep,
+                                        packed['block_1'],
+                                        shared_input=False, stride=1))
       terms.append(mix(block_1, sep, t_count))
     if len(members) > len(sep):
-      terms.append(mix(block_0[..., split:], members[len(sep):], t_count))
-  return sum(terms[1:], terms[0]).reshape(n, ho, wo, t_count, c)
+      terms.append(mix(block_0[split:], members[len(sep):], t_count))
+  return sum(terms[1:], terms[0]).reshape(t_count, n, ho, wo, c)
 
 
 def cell_nodes(x: jax.Array, weights: Mapping[str, jax.Array],
@@ -571,7 +593,7 @@ def cell_nodes(x: jax.Array, weights: Mapping[str, jax.Array],
   """The intermediate nodes of a search cell, computed stage by stage.
 
   Args:
-    x: ``[N, H, W, 2 * C]``, the two preprocessed cell inputs side by side.
+    x: ``[2, N, H, W, C]``, the two preprocessed cell inputs.
     weights: ``{f'node_{j}': [j + 2, len(ops)]}``, one cell type of the arch.
     stage_params: per stage, ``{op: op_params}`` with a leading axis over the
       stage's edges (``stage_edges``).
@@ -587,16 +609,16 @@ def cell_nodes(x: jax.Array, weights: Mapping[str, jax.Array],
   """
   ops = tuple(ops)
   outputs = []
-  partial = None  # [N, H', W', nodes not yet complete, C]
+  partial = None  # [nodes not yet complete, N, H', W', C]
   for k, (edges, params) in enumerate(zip(stage_edges(nodes), stage_params)):
     rows = jnp.stack([jnp.stack([weights[f'node_{j}'][i] for i, j in row])
                       for row in edges])
     stride = 2 if reduction and k == 0 else 1
     packed = pack_stage_params(params, ops=ops, stride=stride,
                                num_sources=len(edges))
-    out = stage(x if k == 0 else outputs[-1], rows, packed, stride=stride,
-                ops=ops)
+    out = stage(x if k == 0 else outputs[-1][None], rows, packed,
+                stride=stride, ops=ops)
     partial = out if partial is None else partial + out
-    outputs.append(partial[:, :, :, 0])
-    partial = partial[:, :, :, 1:]
+    outputs.append(partial[0])
+    partial = partial[1:]
   return jnp.concatenate(outputs, axis=-1)
