@@ -1,72 +1,263 @@
-"""The edge-batched supernet computes the same function as the reference."""
+"""Tests of the edge-batched search cell (models/batched_cell.py).
+
+The batched cell must compute exactly the function of the straightforward
+``SearchCell`` (one ``MixedOp`` per edge), so every number here is checked
+against that reference or against ``ops``: logits and the gradients with
+respect to the weights and to every architecture weight A[j][i, o] (which
+isolates each op on each edge) of a whole network with all seven ops, in
+normal and reduction cells.
+"""
+
+from concurrent import futures
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
+from sparsenas_jax import models
 from sparsenas_jax.models import batched_cell
+from sparsenas_jax.models import ops as ops_lib
 from sparsenas_jax.models import supernet
-from sparsenas_jax.models.ops import DARTS_OPS
 
+# These tests check numbers, not speed: skip LLVM's optimisations.
+_COMPILER_OPTIONS = {'xla_backend_optimization_level': 0}
+
+C = 4
 NODES = 2
+BATCH = 4
 
 
-def _fill(shapes, seed):
-  rng = np.random.default_rng(seed)
+def _run(f, *args):
+  """Compiles ``f`` once (no LLVM optimisation) and runs it on ``args``."""
+  return jax.jit(f).lower(*args).compile(
+      compiler_options=_COMPILER_OPTIONS)(*args)
+
+
+def _run_all(calls):
+  """``_run`` of several ``(f, args)``, compiling on all cores at once."""
+  lowered = [jax.jit(f).lower(*args) for f, args in calls]
+  with futures.ThreadPoolExecutor() as pool:
+    compiled = list(pool.map(
+        lambda l: l.compile(compiler_options=_COMPILER_OPTIONS), lowered))
+  return [c(*args) for c, (_, args) in zip(compiled, calls)]
+
+
+def _random_like(tree, rng, scale=0.5):
+  """NumPy values for a pytree of shape structs (no XLA RNG to compile)."""
   return jax.tree.map(
-      lambda s: jnp.asarray(rng.uniform(-0.5, 0.5, s.shape), jnp.float32),
-      shapes)
+      lambda s: rng.uniform(-scale, scale, s.shape).astype(np.float32), tree)
 
 
-def _jit(fn, *args):
-  """Compiled at XLA:CPU optimisation level 0: ~3x faster to compile."""
-  return jax.jit(fn).lower(*args).compile(
-      compiler_options={'xla_backend_optimization_level': 0})(*args)
+def _assert_trees_close(got, want, rel):
+  """Each leaf within ``rel`` times the leaf's largest magnitude."""
+  assert jax.tree.structure(got) == jax.tree.structure(want)
+  for (path, w), g in zip(jax.tree_util.tree_flatten_with_path(want)[0],
+                          jax.tree.leaves(got)):
+    w, g = np.asarray(w), np.asarray(g)
+    assert g.shape == w.shape, jax.tree_util.keystr(path)
+    np.testing.assert_allclose(g, w, rtol=0, atol=rel * np.abs(w).max(),
+                               err_msg=jax.tree_util.keystr(path))
 
 
-def _loss(model, params, arch, x, y):
-  logits = model.apply({'params': params}, x, arch)
-  return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+def _network(cell_impl):
+  return models.SearchNetwork(C=C, num_classes=3, layers=3, nodes=NODES,
+                              cell_impl=cell_impl)
 
 
-def test_same_loss_and_gradients_as_the_reference_for_every_op():
+@pytest.fixture(scope='module')
+def problem():
+  """Random images, labels, arch and reference params (all seven ops)."""
   rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.normal(size=(4, 8, 8, 1)), jnp.float32)
-  y = jnp.arange(4) % 10
-  # Random (not initial) architecture weights, all 7 ops, normal and
-  # reduction cells (layers=3: one normal, two reductions).
-  arch = jax.tree.map(
-      lambda a: jnp.asarray(rng.normal(size=a.shape), jnp.float32),
-      supernet.init_arch(jax.random.key(0), nodes=NODES))
-  make = lambda cell_impl: supernet.SearchNetwork(
-      C=2, num_classes=10, layers=3, nodes=NODES, ops=DARTS_OPS,
-      cell_impl=cell_impl)
-  reference = make('reference')
-  params = _fill(jax.eval_shape(
-      lambda: reference.init(jax.random.key(0), x, arch))['params'], 1)
-  grad = lambda m, p: _jit(jax.value_and_grad(
-      lambda p, a: _loss(m, p, a, x, y), argnums=(0, 1)), p, arch)
-  l_ref, (gw_ref, ga_ref) = grad(reference, params)
-  for impl in ('batched', 'stacked'):
-    optimized = make(impl)
-    converted, gw_expected = params, gw_ref
-    if impl == 'stacked':
-      converted = batched_cell.reference_to_stacked_params(params, nodes=NODES)
-      gw_expected = batched_cell.reference_to_stacked_params(gw_ref,
-                                                             nodes=NODES)
-    shapes = jax.eval_shape(
-        lambda: optimized.init(jax.random.key(0), x, arch))['params']
-    assert jax.tree.structure(shapes) == jax.tree.structure(converted)
-    l_opt, (gw_opt, ga_opt) = grad(optimized, converted)
-    np.testing.assert_allclose(l_opt, l_ref, rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(ga_opt), jax.tree.leaves(ga_ref)):
-      np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
-    for a, b in zip(jax.tree.leaves(gw_opt), jax.tree.leaves(gw_expected)):
-      np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+  x = rng.normal(size=(BATCH, 8, 8, 1)).astype(np.float32)
+  labels = np.array([0, 1, 2, 0])
+  # Random signs and sizes: no two ops or edges weighted alike.
+  arch = {t: {f'node_{j}': rng.normal(size=(j + 2, len(models.DARTS_OPS))
+                                      ).astype(np.float32)
+              for j in range(NODES)}
+          for t in models.cell_types}
+  shapes = jax.eval_shape(_network('reference').init, jax.random.key(0), x,
+                          arch)['params']
+  return x, labels, arch, _random_like(shapes, rng)
+
+
+def _logits_and_grads(net, x, labels):
+  """``f(params, arch)``: logits, and the cross-entropy's gradients."""
+  def loss(params, arch):
+    logits = net.apply({'params': params}, x, arch)
+    log_p = jax.nn.log_softmax(logits)
+    return -jnp.mean(jnp.take_along_axis(log_p, labels[:, None], axis=1)), (
+        logits)
+  def logits_and_grads(params, arch):
+    (_, logits), grads = jax.value_and_grad(
+        loss, argnums=(0, 1), has_aux=True)(params, arch)
+    return logits, grads
+  return logits_and_grads
+
+
+@pytest.fixture(scope='module')
+def results(problem):
+  """Logits and gradients of each implementation, with the same weights.
+
+  The stacked layout only runs forward: after the edges' params are stacked
+  it computes what 'batched' computes, gradients included, and another
+  gradient would double this file's compile time.
+  """
+  x, labels, arch, params = problem
+  stacked = batched_cell.reference_to_stacked_params(params, nodes=NODES)
+  net = _network('stacked')
+  reference, batched, stacked = _run_all([
+      (_logits_and_grads(_network('reference'), x, labels), (params, arch)),
+      (_logits_and_grads(_network('batched'), x, labels), (params, arch)),
+      (lambda p, a: net.apply({'params': p}, x, a), (stacked, arch))])
+  return {'reference': reference, 'batched': batched, 'stacked': stacked}
+
+
+# ----------------------------------------------------------------------------
+# Whole networks against the reference.
+# ----------------------------------------------------------------------------
+
+
+def test_batched_network_matches_reference(results):
+  want_logits, (want_dw, want_da) = results['reference']
+  logits, (dw, da) = results['batched']
+  np.testing.assert_allclose(logits, want_logits, rtol=1e-5,
+                             atol=1e-5 * np.abs(want_logits).max())
+  _assert_trees_close(dw, want_dw, 1e-4)
+  _assert_trees_close(da, want_da, 1e-4)
+  # Every op on every edge of both cell types gets a (different) gradient.
+  for a in jax.tree.leaves(want_da):
+    assert np.all(np.abs(a) > 0) and len(np.unique(a)) == a.size
+
+
+def test_batched_is_the_default():
+  assert models.SearchNetwork(C=C, num_classes=3, layers=3).cell_impl == (
+      'batched')
+
+
+def test_stacked_network_matches_reference(results):
+  want = results['reference'][0]
+  np.testing.assert_allclose(results['stacked'], want, rtol=1e-5,
+                             atol=1e-5 * np.abs(want).max())
+
+
+# ----------------------------------------------------------------------------
+# Parameter layouts.
+# ----------------------------------------------------------------------------
+
+
+def test_param_layouts(problem):
+  x, _, arch, params = problem
+  # 'batched' declares exactly the reference's tree ('stacked' declares that
+  # of reference_to_stacked_params: applying it above checks the shapes).
+  shapes = jax.eval_shape(_network('batched').init, jax.random.key(0), x,
+                          arch)['params']
+  assert (jax.tree.map(lambda s: s.shape, shapes) ==
+          jax.tree.map(np.shape, params))
+  stacked = batched_cell.reference_to_stacked_params(params, nodes=NODES)
+  assert set(stacked['cell_1']) == {'preprocess0', 'preprocess1', 'stage_0',
+                                    'stage_1'}
+  # Stage 0: edges (0, 0), (0, 1), (1, 0), (1, 1) of (source, node); the
+  # reduction cell's stride-2 skip_connect is a FactorizedReduce.
+  np.testing.assert_array_equal(
+      stacked['cell_1']['stage_0']['skip_connect']['kernel_1'][2],
+      params['cell_1']['node_0_edge_1']['skip_connect']['kernel_1'])
+  np.testing.assert_array_equal(
+      stacked['cell_0']['stage_1']['sep_conv_5x5']['block_1']['pointwise'][0],
+      params['cell_0']['node_1_edge_2']['sep_conv_5x5']['block_1'][
+          'pointwise'])
+  back = batched_cell.stacked_to_reference_params(stacked, nodes=NODES)
+  jax.tree.map(np.testing.assert_array_equal, back, params)
+  assert models.count_params(stacked) == models.count_params(params)
+
+
+def test_stacked_init_is_per_edge_conv_init():
+  params = jax.eval_shape(
+      batched_cell.MixedOpParams(C, 1, ('dil_conv_5x5',), num_edges=3).init,
+      jax.random.key(0))['params']
+  assert jax.tree.map(lambda s: s.shape, params) == {'dil_conv_5x5': {
+      'depthwise': (3, 5, 5, 1, C), 'pointwise': (3, 1, 1, C, C)}}
+  init = batched_cell._init(num_edges=3)
+  kernel = np.asarray(init(jax.random.key(0), (3, 5, 5, 1, 16)))
+  # U(-1/sqrt(fan_in), 1/sqrt(fan_in)) per edge: fan_in 5 * 5, not 3 * 5 * 5.
+  bound = 1 / 5
+  assert np.abs(kernel).max() <= bound
+  assert np.abs(kernel).max() > 0.95 * bound
+  np.testing.assert_allclose(kernel.std(), bound / np.sqrt(3), rtol=0.05)
+
+
+def test_stage_edges():
+  assert batched_cell.stage_edges(3) == [
+      [[(0, 0), (0, 1), (0, 2)], [(1, 0), (1, 1), (1, 2)]],
+      [[(2, 1), (2, 2)]],
+      [[(3, 2)]]]
+
+
+# ----------------------------------------------------------------------------
+# Building blocks against ops, odd sizes included.
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('size,stride,dilation,k', [(8, 1, 1, 3),
+                                                    (7, 2, 2, 5)])
+def test_depthwise_and_its_derivatives_match_lax_conv(size, stride, dilation,
+                                                      k):
+  rng = np.random.default_rng(size + 10 * k + 100 * stride + 1000 * dilation)
+  x = rng.normal(size=(2, 3, size, size, C)).astype(np.float32)
+  kernel = rng.normal(size=(2, k, k, C)).astype(np.float32)
+  dx, dk = rng.normal(size=x.shape), rng.normal(size=kernel.shape)
+  dx, dk = dx.astype(np.float32), dk.astype(np.float32)
+
+  def batched(x, kernel):
+    return batched_cell._depthwise(x, kernel, stride, dilation)
+
+  def lax_conv(x, kernel):
+    return jnp.stack([
+        ops_lib.depthwise_conv2d(x[e], kernel[e][:, :, None], stride=stride,
+                                 dilation=dilation) for e in range(2)])
+
+  def derivatives(f, x, kernel):
+    # Forward mode (the exact hypergradient's JVP of a gradient) and
+    # reverse mode.
+    out, tangent = jax.jvp(f, (x, kernel), (dx, dk))
+    return out, tangent, jax.vjp(f, x, kernel)[1](jnp.sin(out))
+
+  got = _run(functools.partial(derivatives, batched), x, kernel)
+  want = _run(functools.partial(derivatives, lax_conv), x, kernel)
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5 * np.abs(w).max())
+
+
+@pytest.mark.parametrize('size', [7, 8])
+def test_factorized_reduce_matches_module(size):
+  rng = np.random.default_rng(size)
+  s, t = 2, 3
+  x = rng.normal(size=(s, 2, size, size, C)).astype(np.float32)
+  edges = [[{'kernel_0': rng.normal(size=(1, 1, C, C // 2)),
+             'kernel_1': rng.normal(size=(1, 1, C, C // 2))}
+            for _ in range(t)] for _ in range(s)]
+  edges = jax.tree.map(lambda a: a.astype(np.float32), edges)
+  kernels = batched_cell.pack_stage_params(
+      {'skip_connect': batched_cell.stack_edge_params(
+          [e for row in edges for e in row])},
+      ops=('skip_connect',), stride=2, num_sources=s)['factorized_reduce']
+  got = _run(lambda x, k: batched_cell._batch_norm(
+      batched_cell._factorized_reduce(x, k)), x, kernels)
+  module = ops_lib.FactorizedReduce(C)
+  want = _run(lambda x, edges: jnp.stack([
+      module.apply({'params': edges[i][j]}, x[i])
+      for i in range(s) for j in range(t)]), x, edges)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------
+# Errors.
+# ----------------------------------------------------------------------------
 
 
 def test_unknown_cell_impl_raises():
-  with pytest.raises(ValueError, match='cell_impl'):
-    supernet.SearchNetwork(C=4, num_classes=10, layers=3, cell_impl='fast')
+  with pytest.raises(ValueError,
+                     match="cell_impl must be one of batched, stacked, "
+                     "reference; got 'fast'"):
+    models.SearchNetwork(C=C, num_classes=3, layers=3, cell_impl='fast')

@@ -346,16 +346,21 @@ def _shifted_products(x: jax.Array, kernel: jax.Array, stride: int,
   l, n, h, w, c = x.shape
   ho, wo = _out_size(h, stride), _out_size(w, stride)
   xp = jnp.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad), (0, 0)))
-  kernel = kernel.astype(x.dtype)
+  # [K * K, L, C]: one slice per tap below (lax, not jnp: faster to trace).
+  taps = jnp.transpose(kernel.astype(x.dtype), (1, 2, 0, 3)).reshape(
+      k * k, l, c)
   out = None
   for a in range(k):
     for b in range(k):
       start = (0, 0, a * dilation, b * dilation, 0)
       limit = (l, n, start[2] + (ho - 1) * stride + 1,
                start[3] + (wo - 1) * stride + 1, c)
-      term = lax.slice(xp, start, limit, (1, 1, stride, stride, 1)) * (
-          kernel[:, a, b][:, None, None, None, :])
-      out = term if out is None else out + term
+      shifted = lax.slice(xp, start, limit, (1, 1, stride, stride, 1))
+      scale = lax.broadcast_in_dim(
+          lax.index_in_dim(taps, a * k + b, keepdims=False), shifted.shape,
+          (0, 4))
+      term = lax.mul(shifted, scale)
+      out = term if out is None else lax.add(out, term)
   return out
 
 
@@ -375,25 +380,6 @@ def _taps(x: jax.Array, k: int, stride: int, dilation: int) -> jax.Array:
   return taps.reshape(l, n, k * k, ho * wo, c)
 
 
-_DW_IMPL = 'shifted'
-
-
-def _lax_dw(x, kernel, stride, dilation):
-  from sparsenas_jax.models.ops import depthwise_conv2d
-  l, n, h, w, c = x.shape
-  k = kernel.shape[1]
-  xc = jnp.moveaxis(x, 0, 3).reshape(n, h, w, l * c)
-  kc = jnp.moveaxis(kernel, 0, 2).reshape(k, k, 1, l * c)
-  y = depthwise_conv2d(xc, kc, stride=stride, dilation=dilation)
-  return jnp.moveaxis(y.reshape(y.shape[:3] + (l, c)), 3, 0)
-
-
-def _prim(x, kernel, stride, dilation):
-  if _DW_IMPL == 'shifted':
-    return _shifted_products(x, kernel, stride, dilation)
-  return _lax_dw(x, kernel, stride, dilation)
-
-
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
 def _depthwise(x: jax.Array, kernel: jax.Array, stride: int, dilation: int
                ) -> jax.Array:
@@ -405,7 +391,7 @@ def _depthwise(x: jax.Array, kernel: jax.Array, stride: int, dilation: int
   not VJP, keeps forward mode working: the exact hypergradient takes the JVP
   of a gradient.
   """
-  return _prim(x, kernel, stride, dilation)
+  return _shifted_products(x, kernel, stride, dilation)
 
 
 @_depthwise.defjvp
@@ -413,10 +399,10 @@ def _depthwise_jvp(stride, dilation, primals, tangents):
   x, kernel = primals
   dx, dkernel = tangents
   l, k, _, c = kernel.shape
-  y = _prim(x, kernel, stride, dilation)
+  y = _shifted_products(x, kernel, stride, dilation)
   taps = _taps(x, k, stride, dilation)
   dk = dkernel.reshape(l, 1, k * k, 1, c).astype(x.dtype)
-  dy = _prim(dx, kernel, stride, dilation) + jnp.sum(
+  dy = _shifted_products(dx, kernel, stride, dilation) + jnp.sum(
       taps * dk, axis=2).reshape(y.shape)
   return y, dy
 
