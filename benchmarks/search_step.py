@@ -29,6 +29,7 @@ def measure(args):
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from configs import cnn_search as cfg  # pylint: disable=g-import-not-at-top
+  from sparsenas_jax import compilation  # pylint: disable=g-import-not-at-top
   from sparsenas_jax import parallel  # pylint: disable=g-import-not-at-top
   from sparsenas_jax.experiments import cnn_search as cs  # pylint: disable=g-import-not-at-top
 
@@ -36,11 +37,10 @@ def measure(args):
   config.init_channels, config.layers, config.nodes = (
       args.channels, args.cells, args.nodes)
   config.cell_impl = args.cell_impl
-  config.cpu_fast_compile = args.fast_compile
+  config.cpu_fast_compile = bool(args.fast_compile)
   config.hypergradient = args.mode
   if args.cache_dir:
-    jax.config.update('jax_compilation_cache_dir', args.cache_dir)
-    jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
+    compilation.enable_compilation_cache(args.cache_dir)
   mesh = parallel.make_mesh(0)
   model = cs.make_model(config, 10)
   shape = (args.batch, args.image_size, args.image_size, 3)
@@ -62,7 +62,8 @@ def measure(args):
   key = jax.random.key(0)
   example = (state, batch(), batch(), key)
   t0 = time.perf_counter()
-  compiled, compile_s = cs._compile(step, example, mesh, config)  # pylint: disable=protected-access
+  compiled, _ = compilation.compile_step(
+      step, example, cpu_fast_compile=config.cpu_fast_compile)
   trace_compile_s = time.perf_counter() - t0
   times = []
   for i in range(args.steps + 1):

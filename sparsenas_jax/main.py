@@ -25,6 +25,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 # job name -> module with run(config, workdir)
 JOBS = {
     'cnn_search': 'sparsenas_jax.experiments.cnn_search',
+    'cnn_train': 'sparsenas_jax.experiments.cnn_train',
     'digits_prune': 'sparsenas_jax.experiments.digits_prune',
 }
 

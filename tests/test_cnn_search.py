@@ -87,3 +87,22 @@ def test_killed_run_resumes_to_the_same_architecture(runs):
     np.testing.assert_array_equal(a[k], b[k])
   assert ((full / 'genotype.json').read_text() ==
           (killed / 'genotype.json').read_text())
+
+
+def test_search_derive_train_end_to_end(runs, tmp_path):
+  """The searched genotype, trained from scratch on DIGITS, learns."""
+  import counting  # pylint: disable=g-import-not-at-top
+  full = runs[0]
+  genotype_path = full / 'genotype.json'
+  proc = subprocess.run(
+      [sys.executable, '-m', 'sparsenas_jax.main',
+       '--config=configs/cnn_train.py:digits', f'--workdir={tmp_path}',
+       f'--config.genotype={genotype_path}', '--config.epochs=4',
+       '--config.eval_every_epochs=4'],
+      cwd=REPO, env=_env(), capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  results = json.loads((tmp_path / 'results.json').read_text())
+  assert results['test_accuracy'] > 0.6  # 10 balanced classes: chance 0.1
+  genotype = genotype_lib.load_genotype(str(genotype_path))
+  assert results['params'] == counting.eval_network_params(
+      genotype, C=8, num_classes=10, layers=3, in_channels=1)

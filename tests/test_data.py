@@ -435,3 +435,62 @@ def test_normalization_constants():
   mean, std = data.NORMALIZATION['cifar10']
   np.testing.assert_allclose(mean, (0.4914, 0.4822, 0.4465))
   np.testing.assert_allclose(std, (0.2470, 0.2435, 0.2616))
+
+
+# ----------------------------------------------------------------------------
+# ImageNet host pipeline (on a fake random access source) and colour jitter.
+# ----------------------------------------------------------------------------
+
+
+def _fake_imagenet(n=12):
+  rng = np.random.default_rng(0)
+  sizes = [(300, 400), (500, 260), (224, 224), (90, 120)]
+  return [{'image': rng.integers(0, 256, sizes[i % 4] + (3,), np.uint8)
+           if i % 5 else rng.integers(0, 256, sizes[i % 4], np.uint8),
+           'label': i % 7} for i in range(n)]
+
+
+def test_imagenet_batches_are_step_indexed_and_224():
+  from sparsenas_jax.data import imagenet
+  source = _fake_imagenet()
+  train = imagenet.ImageNetBatches(source, 4, seed=3, train=True, workers=2)
+  a, b = train.batch_at(5), train.batch_at(5)
+  assert a['image'].shape == (4, 224, 224, 3) and a['image'].dtype == np.uint8
+  np.testing.assert_array_equal(a['image'], b['image'])  # resumable
+  assert not np.array_equal(a['image'], train.batch_at(6)['image'])
+  idx = data.batch_indices(len(source), 4, 3, 5)
+  np.testing.assert_array_equal(a['label'], [source[i]['label'] for i in idx])
+  test = imagenet.ImageNetBatches(source, 4, seed=3, train=False)
+  ordered = test.ordered(8, 12)
+  np.testing.assert_array_equal(ordered['label'], [1, 2, 3, 4])
+  # Grey (2-D) images become three equal channels.
+  grey = test.ordered(10, 11)['image'][0]
+  np.testing.assert_array_equal(grey[..., 0], grey[..., 2])
+
+
+def test_center_crop_geometry():
+  from sparsenas_jax.data import imagenet
+  # A horizontal ramp: after resizing the short side 300 -> 256 and taking
+  # the centre 224 columns, the middle column keeps the middle value.
+  ramp = np.tile(np.linspace(0, 255, 600).astype(np.uint8), (300, 1))
+  out = imagenet.center_crop(np.stack([ramp] * 3, -1))
+  assert out.shape == (224, 224, 3)
+  assert abs(int(out[112, 112, 0]) - 127) <= 2
+  crop = imagenet.random_resized_crop(np.stack([ramp] * 3, -1),
+                                      np.random.default_rng(0))
+  assert crop.shape == (224, 224, 3)
+
+
+def test_color_jitter_factors_on_grey_images():
+  # On a constant grey image, contrast and saturation change nothing and
+  # brightness multiplies by a factor in [1 - s, 1 + s].
+  images = jnp.full((64, 4, 4, 3), 0.5)
+  out = np.asarray(data.color_jitter(jax.random.key(0), images, 0.4))
+  factors = out[:, 0, 0, 0] / 0.5
+  assert np.all(out == out[:, :1, :1, :1])
+  assert factors.min() >= 0.6 - 1e-6 and factors.max() <= 1.4 + 1e-6
+  assert factors.std() > 0.1
+  assert data.color_jitter(jax.random.key(0), images, 0.0) is images
+  colourful = jax.random.uniform(jax.random.key(1), (8, 4, 4, 3))
+  jittered = data.color_jitter(jax.random.key(2), colourful, 0.4)
+  assert float(jittered.min()) >= 0 and float(jittered.max()) <= 1

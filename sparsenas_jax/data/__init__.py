@@ -11,6 +11,7 @@ inside the jitted step::
   xb = data.darts_augment(key, xb, pad=1, flip=False, mean=mean, std=std)
 """
 
+from sparsenas_jax.data.augment import color_jitter
 from sparsenas_jax.data.augment import cutout
 from sparsenas_jax.data.augment import darts_augment
 from sparsenas_jax.data.augment import normalize
@@ -39,7 +40,8 @@ from sparsenas_jax.data.tfds_images import TensorFlowRequiredError
 __all__ = [
     'CIFAR100_MEAN', 'CIFAR100_STD', 'CIFAR10_MEAN', 'CIFAR10_STD',
     'DatasetNotPreparedError', 'NORMALIZATION', 'TensorFlowRequiredError',
-    'batch_at', 'batch_indices', 'channel_stats', 'cutout', 'darts_augment',
+    'batch_at', 'batch_indices', 'channel_stats', 'color_jitter', 'cutout',
+    'darts_augment',
     'digits_splits', 'epoch_permutation', 'image_data_source',
     'load_digits', 'load_image_dataset', 'normalize', 'part_sizes',
     'prepared_builder', 'random_crop', 'random_flip', 'split_indices',

@@ -121,6 +121,39 @@ def cutout(key: Array, images: Array, size: int) -> Array:
   return images * keep[..., None].astype(images.dtype)
 
 
+def color_jitter(key: Array, images: Array, strength: float) -> Array:
+  """Random brightness, contrast and saturation, as torchvision's ColorJitter.
+
+  Each image gets three factors uniform in ``[1 - strength, 1 + strength]``,
+  applied in this order: brightness scales the pixels, contrast blends with
+  the image's mean grey level, saturation blends with the per-pixel grey
+  (ITU-R 601 luma); values are clipped to [0, 1] after each. (DARTS's
+  ImageNet jitter also shifts hue by up to 0.2; that is not done here.)
+
+  Args:
+    key: a PRNG key.
+    images: NHWC RGB float batch in [0, 1].
+    strength: 0.4 in DARTS; 0 returns the images.
+
+  Returns:
+    The jittered batch.
+  """
+  if strength < 0:
+    raise ValueError(f'strength must be >= 0, got {strength}.')
+  if strength == 0:
+    return images
+  n = images.shape[0]
+  f = jax.random.uniform(key, (3, n, 1, 1, 1), images.dtype, 1 - strength,
+                         1 + strength)
+  luma = jnp.asarray([0.299, 0.587, 0.114], images.dtype)
+  grey = lambda x: jnp.sum(x * luma, axis=-1, keepdims=True)
+  x = jnp.clip(images * f[0], 0, 1)
+  mean = jnp.mean(grey(x), axis=(1, 2, 3), keepdims=True)
+  x = jnp.clip(mean + f[1] * (x - mean), 0, 1)
+  g = grey(x)
+  return jnp.clip(g + f[2] * (x - g), 0, 1)
+
+
 def darts_augment(key: Array, images: Array, *, pad: int, flip: bool,
                   mean=None, std=None, cutout_size: int = 0) -> Array:
   """DARTS's training transform: crop, flip, normalise, cutout.

@@ -32,6 +32,7 @@ import optax
 
 from sparsenas_jax import bilevel
 from sparsenas_jax import checkpointing
+from sparsenas_jax import compilation
 from sparsenas_jax import data
 from sparsenas_jax import genotype as genotype_lib
 from sparsenas_jax import optim
@@ -308,27 +309,6 @@ def evaluate(eval_step, weights, arch, images, labels, batch_size, mesh):
   return {'accuracy': correct / max(n, 1), 'loss': loss / max(n, 1)}
 
 
-def _compile(fn, args, mesh, config, donate=()):
-  """jit with explicit shardings, compiled ahead of time (timed)."""
-  del mesh  # the arguments are already placed: jit keeps their shardings
-  jitted = jax.jit(fn, donate_argnums=donate)
-  options = None
-  if config.cpu_fast_compile and jax.default_backend() == 'cpu':
-    # XLA:CPU spends most of a supernet's compile time in LLVM; level 0
-    # compiles ~3x faster and, for these small kernels, runs as fast.
-    options = {'xla_backend_optimization_level': 0}
-  t0 = time.perf_counter()
-  compiled = jitted.lower(*args).compile(compiler_options=options)
-  return compiled, time.perf_counter() - t0
-
-
-def _enable_compilation_cache(config, workdir):
-  cache = config.compilation_cache_dir or os.path.join(workdir, 'jax_cache')
-  jax.config.update('jax_compilation_cache_dir', cache)
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
-  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
-
-
 # ---------------------------------------------------------------------------
 # The job.
 # ---------------------------------------------------------------------------
@@ -351,7 +331,8 @@ def run(config: ml_collections.ConfigDict, workdir: str):
   mesh = parallel.make_mesh(config.num_devices)
   parallel.check_batch_size(config.batch_size, mesh)
   os.makedirs(workdir, exist_ok=True)
-  _enable_compilation_cache(config, workdir)
+  compilation.enable_compilation_cache(
+      config.compilation_cache_dir or os.path.join(workdir, 'jax_cache'))
   search_data = load_data(config)
   num_train = len(search_data.train[0])
   if config.batch_size > min(num_train, len(search_data.val[0])):
@@ -386,12 +367,13 @@ def run(config: ml_collections.ConfigDict, workdir: str):
   example = (state, batch_of(search_data.train, 2 * config.seed, first),
              batch_of(search_data.val, 2 * config.seed + 1, first),
              jax.random.fold_in(base_key, first))
-  search_step, compile_s = _compile(step_fn, example, mesh, config,
-                                    donate=(0,))
-  eval_step, eval_compile_s = _compile(
+  search_step, compile_s = compilation.compile_step(
+      step_fn, example, cpu_fast_compile=config.cpu_fast_compile,
+      donate=(0,))
+  eval_step, eval_compile_s = compilation.compile_step(
       make_eval_step(model, mean, std),
-      (state.weights, state.arch, batch_of(search_data.test, 0, 0)), mesh,
-      config)
+      (state.weights, state.arch, batch_of(search_data.test, 0, 0)),
+      cpu_fast_compile=config.cpu_fast_compile)
   logging.info('compiled the search step in %.1f s, the eval step in %.1f s',
                compile_s, eval_compile_s)
 

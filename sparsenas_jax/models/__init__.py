@@ -1,11 +1,18 @@
-"""Flax modules of the sparse supernet: candidate ops and search cells.
+"""Flax modules: the sparse supernet (search) and the evaluation network.
 
   from sparsenas_jax import models
   arch = models.init_arch(jax.random.key(0), nodes=4)
   net = models.SearchNetwork(C=16, num_classes=10, layers=8)
   params = net.init(jax.random.key(1), images, arch)['params']
+
+  eval_net = models.EvalNetwork(genotype, C=36, num_classes=10, layers=20)
+  variables = models.init_variables(eval_net, images[:1], seed=0)
 """
 
+from sparsenas_jax.models.complexity import count_macs
+from sparsenas_jax.models.eval_network import count_eval_params
+from sparsenas_jax.models.eval_network import EvalNetwork
+from sparsenas_jax.models.eval_network import init_variables
 from sparsenas_jax.models.ops import avg_pool_3x3
 from sparsenas_jax.models.ops import batch_norm
 from sparsenas_jax.models.ops import conv2d
@@ -27,8 +34,9 @@ from sparsenas_jax.models.supernet import SearchCell
 from sparsenas_jax.models.supernet import SearchNetwork
 
 __all__ = [
-    'DARTS_OPS', 'DilConv', 'FactorizedReduce', 'MixedOp', 'ReLUConvBN',
-    'SearchCell', 'SearchNetwork', 'SepConv', 'arch_shapes', 'avg_pool_3x3',
-    'batch_norm', 'cell_types', 'check_arch', 'conv2d', 'count_params',
-    'depthwise_conv2d', 'init_arch', 'make_op', 'max_pool_3x3',
+    'DARTS_OPS', 'DilConv', 'EvalNetwork', 'FactorizedReduce', 'MixedOp',
+    'ReLUConvBN', 'SearchCell', 'SearchNetwork', 'SepConv', 'arch_shapes',
+    'avg_pool_3x3', 'batch_norm', 'cell_types', 'check_arch', 'conv2d',
+    'count_eval_params', 'count_macs', 'count_params', 'depthwise_conv2d',
+    'init_arch', 'init_variables', 'make_op', 'max_pool_3x3',
 ]

@@ -1,0 +1,430 @@
+"""Trains a derived mixed-path architecture from scratch (DARTS evaluation).
+
+The searched cells (a ``genotype.json`` from the search job, or a registered
+genotype such as ``darts_v2``) are stacked into ``models.EvalNetwork`` and
+trained with DARTS's evaluation recipe: SGD with momentum, a per-epoch
+learning rate (cosine for CIFAR, ×0.97 per epoch for ImageNet), weight decay,
+gradient clipping, the auxiliary head, drop path ramped linearly over the
+epochs, cutout (CIFAR) and label smoothing (ImageNet). The test error is
+reported every ``eval_every_epochs`` and at the end, in ``results.json``.
+
+Each step is one jitted pure function of (state, batch, key); the drop path
+probability is computed inside it from the step count, so nothing recompiles
+as it ramps. Checkpoints (Orbax) hold the whole state; a rerun of the same
+command resumes from the latest one, on the same batches.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import time
+from typing import Any, Callable, NamedTuple, Optional
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from sparsenas_jax import checkpointing
+from sparsenas_jax import compilation
+from sparsenas_jax import data
+from sparsenas_jax import genotype as genotype_lib
+from sparsenas_jax import parallel
+from sparsenas_jax.data import imagenet
+from sparsenas_jax.errors import ConfigError
+from sparsenas_jax.metric_writers import MetricWriter
+from sparsenas_jax.models import complexity
+from sparsenas_jax.models import eval_network
+
+DATASETS = ('digits', 'cifar10', 'cifar100', 'imagenet2012')
+LR_SCHEDULES = ('cosine', 'exponential')
+
+
+class TrainState(NamedTuple):
+  """Everything a step changes; checkpointed whole."""
+  step: jax.Array  # int32 scalar, steps taken
+  params: Any
+  batch_stats: Any  # BN running statistics
+  opt_state: Any
+
+
+# ---------------------------------------------------------------------------
+# Config.
+# ---------------------------------------------------------------------------
+
+
+def load_genotype(config) -> genotype_lib.Genotype:
+  """The genotype named by ``config.genotype``; ConfigError if it is bad."""
+  if not config.genotype:
+    raise ConfigError(
+        'config.genotype is empty: pass --config.genotype=WORKDIR/'
+        f'genotype.json from a search, or one of '
+        f'{", ".join(sorted(genotype_lib.GENOTYPES))}.')
+  try:
+    return genotype_lib.resolve_genotype(config.genotype)
+  except (ValueError, OSError) as e:
+    raise ConfigError(f'config.genotype: {e}') from None
+
+
+def validate(config) -> genotype_lib.Genotype:
+  """Checks the config; returns the genotype to train."""
+  if config.dataset not in DATASETS:
+    raise ConfigError(f'config.dataset={config.dataset!r}; valid: {DATASETS}.')
+  if config.lr_schedule not in LR_SCHEDULES:
+    raise ConfigError(f'config.lr_schedule={config.lr_schedule!r}; valid: '
+                      f'{LR_SCHEDULES}.')
+  if config.layers < 3:
+    raise ConfigError(f'config.layers={config.layers}: the network needs >= '
+                      '3 cells (two of them reductions).')
+  if config.init_channels < 2 or config.init_channels % 2:
+    raise ConfigError(f'config.init_channels={config.init_channels}: use an '
+                      'even number >= 2.')
+  if config.epochs < 1 or config.batch_size < 1:
+    raise ConfigError('config.epochs and config.batch_size must be >= 1.')
+  if not 0 <= config.drop_path_prob < 1:
+    raise ConfigError(f'config.drop_path_prob={config.drop_path_prob}: use '
+                      '[0, 1).')
+  if not 0 <= config.label_smoothing < 1:
+    raise ConfigError(f'config.label_smoothing={config.label_smoothing}: use '
+                      '[0, 1).')
+  if config.cutout < 0 or config.crop_padding < 0:
+    raise ConfigError('config.cutout and config.crop_padding must be >= 0.')
+  return load_genotype(config)
+
+
+# ---------------------------------------------------------------------------
+# Data.
+# ---------------------------------------------------------------------------
+
+
+class TrainData(NamedTuple):
+  num_train: int
+  train_batch: Callable[[int], dict[str, np.ndarray]]  # step -> batch
+  num_test: int
+  test_slice: Callable[[int, int], dict[str, np.ndarray]]  # [start, stop)
+  mean: np.ndarray
+  std: np.ndarray
+  num_classes: int
+  image_shape: tuple[int, int, int]
+
+
+def _in_memory(train, test, batch_size, seed, mean, std, num_classes):
+  def train_batch(step):
+    images, labels = data.batch_at(train, batch_size, seed, step)
+    return {'image': images, 'label': labels}
+  return TrainData(
+      len(train[0]), train_batch, len(test[0]),
+      lambda a, b: {'image': test[0][a:b], 'label': test[1][a:b]},
+      np.asarray(mean, np.float32), np.asarray(std, np.float32), num_classes,
+      tuple(train[0].shape[1:]))
+
+
+def load_data(config) -> TrainData:
+  """The whole training set and the test set (ImageNet: its validation set).
+
+  DIGITS, CIFAR-10 and CIFAR-100 are held in memory (uint8 CIFAR images;
+  scaled, augmented and normalised on the device). ImageNet is read per
+  batch from a prepared ArrayRecord TFDS source and cropped on the host.
+  """
+  if config.dataset == 'digits':
+    splits = data.digits_splits(config.seed, test_fraction=0.2,
+                                train_portion=1.0)
+    mean, std = data.channel_stats(splits['train'][0])
+    return _in_memory(splits['train'], splits['test'], config.batch_size,
+                      config.seed, mean, std, data.digits.NUM_CLASSES)
+  data_dir = config.data_dir or None
+  mean, std = data.NORMALIZATION[config.dataset]
+  if config.dataset == 'imagenet2012':
+    train = imagenet.ImageNetBatches(
+        data.image_data_source('imagenet2012', 'train', data_dir=data_dir),
+        config.batch_size, config.seed, train=True)
+    test = imagenet.ImageNetBatches(
+        data.image_data_source('imagenet2012', 'validation',
+                               data_dir=data_dir),
+        config.batch_size, config.seed, train=False)
+    size = imagenet.IMAGE_SIZE
+    return TrainData(len(train), train.batch_at, len(test), test.ordered,
+                     np.asarray(mean, np.float32),
+                     np.asarray(std, np.float32), imagenet.NUM_CLASSES,
+                     (size, size, 3))
+  train = data.load_image_dataset(config.dataset, 'train', data_dir=data_dir)
+  test = data.load_image_dataset(config.dataset, 'test', data_dir=data_dir)
+  return _in_memory(train, test, config.batch_size, config.seed, mean, std,
+                    100 if config.dataset == 'cifar100' else 10)
+
+
+def _as_float(images):
+  if images.dtype == jnp.uint8:
+    return images.astype(jnp.float32) / 255.0
+  return images.astype(jnp.float32)
+
+
+# ---------------------------------------------------------------------------
+# Model, optimizer, steps.
+# ---------------------------------------------------------------------------
+
+
+def make_model(config, genotype, num_classes: int) -> eval_network.EvalNetwork:
+  return eval_network.EvalNetwork(
+      genotype, C=config.init_channels, num_classes=num_classes,
+      layers=config.layers, auxiliary=config.auxiliary_weight > 0,
+      stem='imagenet' if config.dataset == 'imagenet2012' else 'cifar',
+      scale_by_arch_weights=config.scale_by_arch_weights,
+      drop_path=config.drop_path_prob > 0)
+
+
+def learning_rate_schedule(config, steps_per_epoch: int):
+  """The learning rate of a step: set per epoch, as DARTS's schedulers.
+
+  ``cosine``: lr_min + (lr - lr_min)(1 + cos(π e / epochs)) / 2 at epoch e;
+  ``exponential``: lr · decay^e (ImageNet: 0.97).
+  """
+  lr, lr_min, epochs = (config.learning_rate, config.learning_rate_min,
+                        config.epochs)
+
+  def schedule(step):
+    epoch = (step // steps_per_epoch).astype(jnp.float32)
+    if config.lr_schedule == 'exponential':
+      return lr * config.lr_decay ** epoch
+    return lr_min + (lr - lr_min) * 0.5 * (1 + jnp.cos(jnp.pi * epoch /
+                                                       epochs))
+  return schedule
+
+
+def make_optimizer(config, steps_per_epoch: int):
+  # As DARTS: clip the gradient's global norm, add L2 weight decay (to every
+  # parameter, BN included, as PyTorch's SGD does), SGD with momentum.
+  return optax.chain(
+      optax.clip_by_global_norm(config.grad_clip),
+      optax.add_decayed_weights(config.weight_decay),
+      optax.sgd(learning_rate_schedule(config, steps_per_epoch),
+                momentum=config.momentum))
+
+
+def _cross_entropy(logits, labels, smoothing: float):
+  if not smoothing:
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  targets = optax.smooth_labels(
+      jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype), smoothing)
+  return optax.softmax_cross_entropy(logits, targets)
+
+
+def _augment(config, key, images, mean, std):
+  """Training transform on the device (ImageNet's crop ran on the host)."""
+  images = _as_float(images)
+  if config.dataset == 'imagenet2012':
+    images = data.color_jitter(key, images, config.color_jitter)
+    return data.normalize(images, mean, std)
+  return data.darts_augment(key, images, pad=config.crop_padding,
+                            flip=config.flip, mean=mean, std=std,
+                            cutout_size=config.cutout)
+
+
+def make_train_step(config, model, optimizer, steps_per_epoch: int, mean,
+                    std):
+  """The pure training step: (state, batch, key) -> (state, metrics)."""
+  total_epochs = config.epochs
+
+  def step(state: TrainState, batch, key):
+    augment_key, dropout_key = jax.random.split(key)
+    images = _augment(config, augment_key, batch['image'], mean, std)
+    labels = batch['label']
+    # DARTS: drop_path_prob * epoch / epochs, epoch counted from 0.
+    epoch = (state.step // steps_per_epoch).astype(jnp.float32)
+    drop_prob = config.drop_path_prob * epoch / total_epochs
+
+    def loss_fn(params):
+      (logits, aux), updates = model.apply(
+          {'params': params, 'batch_stats': state.batch_stats}, images,
+          train=True, drop_prob=drop_prob, rngs={'dropout': dropout_key},
+          mutable=['batch_stats'])
+      loss = _cross_entropy(logits, labels, config.label_smoothing).mean()
+      total = loss
+      if aux is not None:
+        total = total + config.auxiliary_weight * _cross_entropy(
+            aux, labels, config.label_smoothing).mean()
+      return total, (loss, logits, updates['batch_stats'])
+
+    (_, (loss, logits, batch_stats)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(state.params)
+    updates, opt_state = optimizer.update(grads, state.opt_state,
+                                          state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {'train_loss': loss,
+               'train_accuracy': jnp.mean(jnp.argmax(logits, -1) == labels),
+               'drop_prob': drop_prob}
+    return TrainState(state.step + 1, params, batch_stats, opt_state), metrics
+
+  return step
+
+
+def make_eval_step(model, mean, std):
+  """Sums of correct top-1 / top-5 predictions and losses over ``mask``."""
+  def eval_step(params, batch_stats, batch):
+    images = data.normalize(_as_float(batch['image']), mean, std)
+    logits, _ = model.apply({'params': params, 'batch_stats': batch_stats},
+                            images, train=False)
+    labels, mask = batch['label'], batch['mask']
+    k = min(5, logits.shape[-1])
+    top_k = jax.lax.top_k(logits, k)[1]
+    return {
+        'correct': jnp.sum((top_k[:, 0] == labels) * mask),
+        'correct_top5': jnp.sum(jnp.any(top_k == labels[:, None], -1) * mask),
+        'loss_sum': jnp.sum(optax.softmax_cross_entropy_with_integer_labels(
+            logits, labels) * mask),
+    }
+  return eval_step
+
+
+def _padded(batch, size: int):
+  """``batch`` padded with zeros to ``size`` examples, with a 0/1 mask."""
+  n = len(batch['label'])
+  pad = lambda a: np.concatenate(
+      [a, np.zeros((size - n,) + a.shape[1:], a.dtype)])
+  return {'image': pad(batch['image']), 'label': pad(batch['label']),
+          'mask': pad(np.ones(n, np.float32))}
+
+
+def evaluate(eval_step, state, train_data: TrainData, batch_size: int,
+             mesh, limit: Optional[int] = None) -> dict[str, float]:
+  """Top-1/top-5 accuracy and loss over the whole test set (every example:
+  the last batch is padded and masked, so nothing recompiles)."""
+  n = train_data.num_test if limit is None else min(limit,
+                                                    train_data.num_test)
+  sums = {'correct': 0.0, 'correct_top5': 0.0, 'loss_sum': 0.0}
+  for start in range(0, n, batch_size):
+    batch = _padded(train_data.test_slice(start, min(start + batch_size, n)),
+                    batch_size)
+    out = eval_step(state.params, state.batch_stats,
+                    parallel.shard_batch(batch, mesh))
+    for k in sums:
+      sums[k] += float(out[k])
+  return {'accuracy': sums['correct'] / n,
+          'top5_accuracy': sums['correct_top5'] / n,
+          'error': 1 - sums['correct'] / n, 'loss': sums['loss_sum'] / n}
+
+
+# ---------------------------------------------------------------------------
+# The job.
+# ---------------------------------------------------------------------------
+
+
+def model_complexity(model, variables, image_shape) -> dict[str, float]:
+  """Parameters (without the auxiliary head) and multiply-adds per image."""
+  macs = complexity.count_macs(
+      lambda x: model.apply(variables, x, train=False)[0],
+      jax.ShapeDtypeStruct((1,) + tuple(image_shape), jnp.float32))
+  return {'params': eval_network.count_eval_params(variables['params']),
+          'params_with_aux': sum(int(np.size(x)) for x in jax.tree.leaves(
+              variables['params'])),
+          'macs': macs}
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains (or resumes training) the genotype; returns the final metrics."""
+  genotype = validate(config)
+  parallel.initialize_distributed(config.multi_host)
+  mesh = parallel.make_mesh(config.num_devices)
+  parallel.check_batch_size(config.batch_size, mesh)
+  os.makedirs(workdir, exist_ok=True)
+  compilation.enable_compilation_cache(
+      config.compilation_cache_dir or os.path.join(workdir, 'jax_cache'))
+  train_data = load_data(config)
+  if config.batch_size > train_data.num_train:
+    raise ConfigError(f'config.batch_size={config.batch_size} exceeds the '
+                      f'training set ({train_data.num_train} examples).')
+  steps_per_epoch = data.steps_per_epoch(train_data.num_train,
+                                         config.batch_size)
+  total_steps = steps_per_epoch * config.epochs
+  model = make_model(config, genotype, train_data.num_classes)
+  sample = jnp.zeros((1,) + train_data.image_shape, jnp.float32)
+  variables = eval_network.init_variables(model, sample, config.seed)
+  sizes = model_complexity(model, variables, train_data.image_shape)
+  logging.info('network: %.3fM params (%.3fM with the auxiliary head), '
+               '%.1fM multiply-adds per image; %d steps/epoch',
+               sizes['params'] / 1e6, sizes['params_with_aux'] / 1e6,
+               sizes['macs'] / 1e6, steps_per_epoch)
+  optimizer = make_optimizer(config, steps_per_epoch)
+  state = TrainState(jnp.zeros([], jnp.int32), variables['params'],
+                     variables['batch_stats'],
+                     optimizer.init(variables['params']))
+  checkpointer = checkpointing.Checkpointer(workdir)
+  if checkpointer.latest_step() is not None:
+    state = checkpointer.restore(state)
+    logging.info('resumed from the checkpoint of step %d',
+                 checkpointer.latest_step())
+  state = parallel.replicate(state, mesh)
+
+  mean = jnp.asarray(train_data.mean)
+  std = jnp.asarray(train_data.std)
+  base_key = jax.random.key(config.seed)
+  batch_of = lambda step: parallel.shard_batch(train_data.train_batch(step),
+                                               mesh)
+  first = int(state.step)
+  train_step, compile_s = compilation.compile_step(
+      make_train_step(config, model, optimizer, steps_per_epoch, mean, std),
+      (state, batch_of(first), jax.random.fold_in(base_key, first)),
+      cpu_fast_compile=config.cpu_fast_compile, donate=(0,))
+  eval_step, eval_compile_s = compilation.compile_step(
+      make_eval_step(model, mean, std),
+      (state.params, state.batch_stats, parallel.shard_batch(
+          _padded(train_data.test_slice(0, 1), config.batch_size), mesh)),
+      cpu_fast_compile=config.cpu_fast_compile)
+  logging.info('compiled the train step in %.1f s, the eval step in %.1f s',
+               compile_s, eval_compile_s)
+
+  writer = MetricWriter(workdir)
+  summary: dict[str, Any] = {'compile_s': compile_s,
+                             'eval_compile_s': eval_compile_s, **sizes}
+  lr_schedule = learning_rate_schedule(config, steps_per_epoch)
+  epoch_metrics, t_epoch = [], time.perf_counter()
+  t_start = time.perf_counter()
+  for step in range(first, total_steps):
+    state, metrics = train_step(state, batch_of(step),
+                                jax.random.fold_in(base_key, step))
+    epoch_metrics.append(metrics)
+    if (step + 1) % steps_per_epoch and step + 1 != total_steps:
+      continue
+    epoch = (step + 1) // steps_per_epoch
+    scalars = {k: float(np.mean([m[k] for m in epoch_metrics]))
+               for k in epoch_metrics[0]}
+    elapsed = time.perf_counter() - t_epoch
+    scalars['images_per_s'] = len(epoch_metrics) * config.batch_size / elapsed
+    scalars['learning_rate'] = float(lr_schedule(jnp.asarray(step)))
+    if epoch % config.eval_every_epochs == 0 or step + 1 == total_steps:
+      test = evaluate(eval_step, state, train_data, config.batch_size, mesh,
+                      config.eval_limit or None)
+      scalars.update({f'test_{k}': v for k, v in test.items()})
+    writer.write_scalars(step + 1, scalars)
+    rate = (step + 1 - first) / (time.perf_counter() - t_start)
+    logging.info(
+        'epoch %d/%d  loss %.3f  train acc %.3f  test error %s  lr %.4f  '
+        'drop path %.3f  %.0f images/s  ETA %.0fs', epoch, config.epochs,
+        scalars['train_loss'], scalars['train_accuracy'],
+        f"{scalars['test_error']:.4f}" if 'test_error' in scalars else '-',
+        scalars['learning_rate'], scalars['drop_prob'],
+        scalars['images_per_s'], (total_steps - step - 1) / max(rate, 1e-9))
+    checkpointer.save(step + 1, state)
+    epoch_metrics, t_epoch = [], time.perf_counter()
+    summary.update(scalars)
+  checkpointer.close()
+  writer.close()
+  if 'test_error' not in summary:  # resumed after the last step
+    summary.update({f'test_{k}': v for k, v in evaluate(
+        eval_step, state, train_data, config.batch_size, mesh,
+        config.eval_limit or None).items()})
+  summary.update({
+      'genotype': config.genotype, 'dataset': config.dataset,
+      'epochs': config.epochs, 'steps': int(state.step),
+      'peak_rss_gb': resource.getrusage(
+          resource.RUSAGE_SELF).ru_maxrss / 2**20})
+  with open(os.path.join(workdir, 'results.json'), 'w') as f:
+    json.dump(summary, f, indent=1)
+  logging.info('test error %.4f (top-5 %.4f) after %d epochs; %.3fM params',
+               summary['test_error'], 1 - summary['test_top5_accuracy'],
+               config.epochs, sizes['params'] / 1e6)
+  return summary

@@ -1,0 +1,161 @@
+"""The evaluation network built from a mixed-path genotype."""
+
+import counting
+import jax
+import jax.numpy as jnp
+from jax import lax
+import numpy as np
+import pytest
+
+from sparsenas_jax import genotype as genotype_lib
+from sparsenas_jax.models import complexity
+from sparsenas_jax.models import eval_network
+
+G = genotype_lib.Genotype
+N = genotype_lib.Node
+
+# Gaps in the node numbering (node 3 removed), several ops on one edge, a
+# node fed by a later-numbered one, a reduction cell with two live nodes and
+# a different output width; every DARTS op.
+MIXED = G(
+    normal=(N(2, [(0, 'sep_conv_3x3', 0.5), (0, 'skip_connect', -0.3),
+                  (1, 'dil_conv_5x5', 0.2)]),
+            N(4, [(2, 'avg_pool_3x3', 0.7), (1, 'sep_conv_5x5', 0.1)]),
+            N(5, [(4, 'dil_conv_3x3', 0.4), (0, 'max_pool_3x3', 0.9)])),
+    normal_concat=(2, 4, 5),
+    reduce=(N(2, [(0, 'skip_connect', 0.6), (1, 'max_pool_3x3', 0.3)]),
+            N(3, [(2, 'sep_conv_3x3', 0.8), (1, 'avg_pool_3x3', 0.2)])),
+    reduce_concat=(2, 3))
+
+
+def _shapes(net, image_shape):
+  return jax.eval_shape(
+      lambda: net.init({'params': jax.random.key(0),
+                        'dropout': jax.random.key(1)},
+                       jnp.zeros((1,) + image_shape), train=True))
+
+
+@pytest.mark.parametrize('stem, c, layers, classes, image, darts_count', [
+    # DARTS's logs: "param size = 3.349342MB" (CIFAR-10, C=36, 20 cells) and
+    # 4.718752MB (ImageNet, C=48, 14 cells), auxiliary head excluded.
+    ('cifar', 36, 20, 10, (32, 32, 3), 3_349_342),
+    ('imagenet', 48, 14, 1000, (224, 224, 3), 4_718_752),
+])
+def test_darts_v2_parameter_counts_match_darts(stem, c, layers, classes,
+                                               image, darts_count):
+  genotype = genotype_lib.GENOTYPES['darts_v2']
+  net = eval_network.EvalNetwork(genotype, C=c, num_classes=classes,
+                                 layers=layers, stem=stem)
+  params = _shapes(net, image)['params']
+  assert eval_network.count_eval_params(params) == darts_count
+  assert counting.eval_network_params(genotype, c, classes, layers,
+                                      stem) == darts_count
+
+
+def test_mixed_path_parameter_count_matches_an_independent_count():
+  net = eval_network.EvalNetwork(MIXED, C=6, num_classes=7, layers=5)
+  params = _shapes(net, (16, 16, 3))['params']
+  assert eval_network.count_eval_params(params) == (
+      counting.eval_network_params(MIXED, 6, 7, 5))
+  # Each kept op is a module of its own; node 3 of the normal cell is absent.
+  names = set(params['cell_0'])
+  assert 'node_2_from_0_sep_conv_3x3' in names
+  assert 'node_2_from_0_skip_connect' not in names  # identity: no params
+  assert 'node_2_from_0_skip_connect' in set(params['cell_1'])  # reduce
+  assert not any(n.startswith('node_3') for n in names)
+
+
+def test_forward_train_and_eval():
+  net = eval_network.EvalNetwork(MIXED, C=4, num_classes=5, layers=3)
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(6, 8, 8, 1)),
+                  jnp.float32)
+  variables = eval_network.init_variables(net, x[:1], seed=0)
+
+  def train(variables, x, key):
+    return net.apply(variables, x, train=True, drop_prob=0.2,
+                     rngs={'dropout': key}, mutable=['batch_stats'])
+
+  def evaluate(variables, x):
+    return net.apply(variables, x, train=False)
+
+  (logits, aux), updates = jax.jit(train)(variables, x, jax.random.key(0))
+  assert logits.shape == aux.shape == (6, 5)
+  stats = jax.tree.leaves(updates['batch_stats'])
+  before = jax.tree.leaves(variables['batch_stats'])
+  assert any(not np.allclose(a, b) for a, b in zip(stats, before))
+  eval_fn = jax.jit(evaluate)
+  logits_eval, aux_eval = eval_fn(variables, x)
+  assert aux_eval is None and logits_eval.shape == (6, 5)
+  # Evaluation uses running statistics: an example's logits do not depend on
+  # the rest of the batch.
+  np.testing.assert_allclose(eval_fn(variables, x[:3])[0], logits_eval[:3],
+                             rtol=1e-5, atol=1e-6)
+
+
+def _cell_output(genotype, weight_flag, cell_type):
+  nodes, concat = genotype.cell(cell_type)
+  cell = eval_network.EvalCell(nodes, concat, 4,
+                               reduction=cell_type == 'reduce',
+                               reduction_prev=False,
+                               scale_by_arch_weights=weight_flag)
+  s = jnp.asarray(np.random.default_rng(1).normal(size=(2, 6, 6, 4)),
+                  jnp.float32)
+  variables = cell.init(jax.random.key(0), s, s, False, 0.0)
+  return cell.apply(variables, s, s, False, 0.0)
+
+
+def test_scale_by_arch_weights_multiplies_each_op_by_its_weight():
+  genotype = G(normal=(N(2, [(0, 'skip_connect', 2.5)]),), normal_concat=(2,),
+               reduce=(N(2, [(1, 'max_pool_3x3', -1.5)]),),
+               reduce_concat=(2,))
+  for cell_type, weight in (('normal', 2.5), ('reduce', -1.5)):
+    plain = _cell_output(genotype, False, cell_type)
+    scaled = _cell_output(genotype, True, cell_type)
+    np.testing.assert_allclose(scaled, weight * plain, rtol=1e-6)
+
+
+def test_nodes_that_feed_nothing_are_not_built():
+  genotype = G(normal=(N(2, [(0, 'sep_conv_3x3', 1.0)]),
+                       N(3, [(1, 'sep_conv_3x3', 1.0)])),
+               normal_concat=(3,),
+               reduce=(N(2, [(0, 'max_pool_3x3', 1.0)]),),
+               reduce_concat=(2,))
+  assert [n.index for n in eval_network.live_nodes(
+      *genotype.cell('normal'))] == [3]
+
+
+def test_drop_path_drops_whole_examples_and_keeps_the_mean():
+  x = jnp.ones((20000, 2, 2, 1))
+  y = eval_network.drop_path(x, jnp.float32(0.3), jax.random.key(0))
+  per_example = np.asarray(y[:, 0, 0, 0])
+  np.testing.assert_allclose(np.unique(per_example), [0, 1 / 0.7],
+                             rtol=1e-6)
+  assert np.all(np.asarray(y) == per_example[:, None, None, None])
+  assert abs((per_example == 0).mean() - 0.3) < 0.015
+  assert abs(per_example.mean() - 1.0) < 0.03
+
+
+def test_count_macs_closed_forms():
+  x = jax.ShapeDtypeStruct((2, 10, 10, 6), jnp.float32)
+
+  def conv(x):
+    k = jnp.zeros((3, 3, 6, 8))
+    y = lax.conv_general_dilated(x, k, (2, 2), 'SAME',
+                                 dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    d = lax.conv_general_dilated(x, jnp.zeros((5, 5, 1, 6)), (1, 1), 'SAME',
+                                 dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                                 feature_group_count=6)
+    return y.sum() + d.sum() + (x.reshape(2, -1) @ jnp.zeros((600, 7))).sum()
+
+  expected = (2 * 5 * 5 * 8 * 9 * 6   # 3x3 conv, stride 2
+              + 2 * 10 * 10 * 6 * 25  # depthwise 5x5
+              + 2 * 7 * 600)          # matmul
+  assert complexity.count_macs(conv, x) == expected
+  assert complexity.count_macs(jax.jit(conv), x) == expected  # nested jaxpr
+
+
+def test_bad_network_settings_raise():
+  with pytest.raises(ValueError, match='stem must be one of'):
+    eval_network.EvalNetwork(MIXED, C=4, num_classes=2, layers=3, stem='x')
+  with pytest.raises(ValueError, match='layers=2'):
+    eval_network.EvalNetwork(MIXED, C=4, num_classes=2, layers=2)
