@@ -1,16 +1,25 @@
-"""Times the search step: compile time, step time and peak memory, as JSON.
+"""Times the search step: compile time, step time, peak memory; one JSON.
 
   python benchmarks/search_step.py                      # DARTS search size
-  python benchmarks/search_step.py --batch=16,64 --modes=first_order,exact
-  python benchmarks/search_step.py --cells=5 --nodes=2 --steps=3
+  python benchmarks/search_step.py --batch=16,32,64 --modes=first_order
+  python benchmarks/search_step.py --cells=5,8 --nodes=2,4 --steps=3
+  python benchmarks/search_step.py --step_compilation=fused --fast_compile=0
 
-Each (mode, batch) runs in its own subprocess so that its peak resident
-memory is its own. ``first_order``, ``exact`` and ``finite_difference`` are
-the hypergradient modes of the whole search step (architecture step + weight
-step). Prints one JSON object; never part of the test run.
+Every combination of --modes × --batch × --cells × --nodes runs in its own
+subprocess (so that its peak resident memory is its own, and its compile
+time is not helped by another's in-process caches; no persistent cache
+unless --cache_dir). Per run: compile_s (tracing and compiling every program
+of the step, i.e. the time to first step less one step), first_step_s,
+step_s (median of --steps steps after the first), images_per_s (images of
+the weight batch per second), peak_rss_gb, and, from XLA's cost analysis,
+flops per step and the FLOP/s achieved; on a GPU/TPU whose peak is known,
+the fraction of it. ``first_order``, ``exact`` and ``finite_difference``
+are the hypergradient modes of the whole search step (architecture step +
+weight step). Never part of the test run.
 """
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -22,9 +31,21 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+# Dense float32 peak FLOP/s by device kind (vendor figures; no tensor cores
+# for float32 matmuls unless TF32 is on, which JAX's default precision uses
+# on NVIDIA GPUs: the TF32 figure is given where that applies).
+PEAK_FLOPS = {
+    'NVIDIA H200': 494e12,  # TF32 tensor core, dense
+    'NVIDIA H100 80GB HBM3': 494e12,
+    'NVIDIA A100-SXM4-80GB': 156e12,
+    'NVIDIA A100-SXM4-40GB': 156e12,
+    'TPU v4': 275e12,  # bf16 MXU; float32 matmuls run as multi-pass bf16
+    'TPU v5 lite': 197e12,
+}
+
 
 def measure(args):
-  """Runs in the child: one mode, one batch size."""
+  """Runs in the child: one (mode, batch, cells, nodes)."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -39,6 +60,7 @@ def measure(args):
   config.cell_impl = args.cell_impl
   config.cpu_fast_compile = bool(args.fast_compile)
   config.hypergradient = args.mode
+  config.step_compilation = args.step_compilation
   if args.cache_dir:
     compilation.enable_compilation_cache(args.cache_dir)
   mesh = parallel.make_mesh(0)
@@ -57,75 +79,110 @@ def measure(args):
       {'image': rng.integers(0, 256, shape, dtype=np.uint8),
        'label': rng.integers(0, 10, shape[:1]).astype(np.int32)}, mesh)
   mean, std = jnp.full((3,), 0.5), jnp.full((3,), 0.25)
+  split = args.step_compilation == 'split'
   step = cs.make_search_step(config, model, weight_opt, arch_opt, 1000, mean,
-                             std)
+                             std, split=split)
   key = jax.random.key(0)
-  example = (state, batch(), batch(), key)
-  t0 = time.perf_counter()
-  compiled, _ = compilation.compile_step(
-      step, example, cpu_fast_compile=config.cpu_fast_compile)
-  trace_compile_s = time.perf_counter() - t0
+  if split:
+    run, compile_s, flops = step, None, None
+  else:
+    run, compile_s = compilation.compile_step(
+        step, (state, batch(), batch(), key),
+        cpu_fast_compile=config.cpu_fast_compile)
+    flops = compilation.program_flops(run)
   times = []
   for i in range(args.steps + 1):
     b1, b2 = batch(), batch()
     t0 = time.perf_counter()
-    out = compiled(state, b1, b2, jax.random.fold_in(key, i))
+    out = run(state, b1, b2, jax.random.fold_in(key, i))
     jax.block_until_ready(out)
     times.append(time.perf_counter() - t0)
     state = out[0]
-  return {
+  step_s = statistics.median(times[1:])
+  if split:
+    pieces = step.pieces.values()
+    compile_s = sum(p.compile_s for p in pieces)
+    flops = sum((p.flops or 0) * p.calls for p in pieces) / len(times)
+  result = {
       'mode': args.mode, 'batch': args.batch, 'cells': args.cells,
       'nodes': args.nodes, 'channels': args.channels,
-      'image_size': args.image_size, 'cell_impl': args.cell_impl,
-      'backend': jax.default_backend(), 'devices': jax.device_count(),
+      'image_size': args.image_size, 'cell_impl': cs.cell_impl(config),
+      'step_compilation': args.step_compilation,
+      'fast_compile': bool(args.fast_compile),
+      'backend': jax.default_backend(),
+      'device_kind': jax.devices()[0].device_kind,
+      'devices': jax.device_count(),
       'init_s': round(init_s, 2),
-      'compile_s': round(trace_compile_s, 2),
-      'first_step_s': round(times[0], 3),
-      'step_s': round(statistics.median(times[1:]), 3),
-      'images_per_s': round(args.batch / statistics.median(times[1:]), 1),
+      'compile_s': round(compile_s, 2),
+      'first_step_s': round(times[0] + (0 if split else compile_s), 2),
+      'step_s': round(step_s, 3),
+      'images_per_s': round(args.batch / step_s, 1),
       'peak_rss_gb': round(resource.getrusage(
           resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
   }
+  if split:
+    result['compile_s_per_program'] = {
+        name: round(p.compile_s, 2) for name, p in step.pieces.items()
+        if p.compile_s}
+  if flops:
+    result['gflops_per_step'] = round(flops / 1e9, 2)
+    result['achieved_gflops_per_s'] = round(flops / step_s / 1e9, 2)
+    peak = PEAK_FLOPS.get(result['device_kind'])
+    if peak and result['backend'] != 'cpu':
+      result['fraction_of_peak'] = round(
+          flops / step_s / (peak * jax.device_count()), 4)
+  if result['backend'] != 'cpu':
+    stats = jax.devices()[0].memory_stats() or {}
+    if 'peak_bytes_in_use' in stats:
+      result['peak_device_memory_gb'] = round(
+          stats['peak_bytes_in_use'] / 2**30, 2)
+  return result
+
+
+def _ints(text):
+  return [int(x) for x in text.split(',') if x]
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--modes', default='first_order,exact,finite_difference')
   parser.add_argument('--batch', default='16')
-  parser.add_argument('--cells', type=int, default=8)
-  parser.add_argument('--nodes', type=int, default=4)
+  parser.add_argument('--cells', default='8')
+  parser.add_argument('--nodes', default='4')
   parser.add_argument('--channels', type=int, default=16)
   parser.add_argument('--image_size', type=int, default=32)
   parser.add_argument('--steps', type=int, default=3)
-  parser.add_argument('--cell_impl', default='batched')
-  parser.add_argument('--fast_compile', type=int, default=1)
+  parser.add_argument('--cell_impl', default='auto')
+  parser.add_argument('--step_compilation', default='split')
+  parser.add_argument('--fast_compile', type=int, default=0)
   parser.add_argument('--cache_dir', default='')
   parser.add_argument('--timeout', type=int, default=3600)
-  parser.add_argument('--child_mode', default='')
+  parser.add_argument('--child', default='')
   args = parser.parse_args()
-  if args.child_mode:
-    args.mode, args.batch = args.child_mode, int(args.batch)
+  if args.child:
+    args.mode = args.modes
+    args.batch, args.cells, args.nodes = (
+        int(args.batch), int(args.cells), int(args.nodes))
     print('RESULT ' + json.dumps(measure(args)), flush=True)
     return
   results = []
-  for batch in args.batch.split(','):
-    for mode in args.modes.split(','):
-      cmd = [sys.executable, __file__, f'--child_mode={mode}',
-             f'--batch={batch}'] + [
-                 f'--{k}={v}' for k, v in vars(args).items()
-                 if k not in ('modes', 'batch', 'child_mode', 'timeout')]
-      try:
-        proc = subprocess.run(cmd, capture_output=True, text=True,
-                              timeout=args.timeout)
-        lines = [l for l in proc.stdout.splitlines()
-                 if l.startswith('RESULT ')]
-        results.append(json.loads(lines[-1][7:]) if lines else
-                       {'mode': mode, 'batch': int(batch),
-                        'error': proc.stderr.strip().splitlines()[-1:]})
-      except subprocess.TimeoutExpired:
-        results.append({'mode': mode, 'batch': int(batch),
-                        'error': f'timed out after {args.timeout} s'})
-      print(json.dumps(results[-1]), file=sys.stderr, flush=True)
+  grid = itertools.product(_ints(args.batch), _ints(args.cells),
+                           _ints(args.nodes), args.modes.split(','))
+  for batch, cells, nodes, mode in grid:
+    flags = {**vars(args), 'modes': mode, 'batch': batch, 'cells': cells,
+             'nodes': nodes, 'child': 1}
+    cmd = [sys.executable, __file__] + [
+        f'--{k}={v}' for k, v in flags.items() if k != 'timeout']
+    where = {'mode': mode, 'batch': batch, 'cells': cells, 'nodes': nodes}
+    try:
+      proc = subprocess.run(cmd, capture_output=True, text=True,
+                            timeout=args.timeout)
+      lines = [l for l in proc.stdout.splitlines() if l.startswith('RESULT ')]
+      results.append(json.loads(lines[-1][7:]) if lines else
+                     {**where, 'error': proc.stderr.strip().splitlines()[-1:]})
+    except subprocess.TimeoutExpired:
+      results.append({**where, 'error': f'timed out after {args.timeout} s'})
+    print(json.dumps(results[-1]), file=sys.stderr, flush=True)
   print(json.dumps({'results': results}, indent=1))
 
 

@@ -31,7 +31,10 @@ def get_config(arg=None):
   c.layers = 8
   c.nodes = 4
   c.ops = DARTS_OPS
-  c.cell_impl = 'batched'     # batched (edge-vmapped) | reference
+  # auto: 'batched' (shifted-product depthwise convs) on CPU, 'reference'
+  # (lax grouped convs, native on cuDNN / TPU) elsewhere; or force one of
+  # batched | stacked | reference.
+  c.cell_impl = 'auto'
   c.arch_init_scale = 0.0     # A init mean; 0 = 1/len(ops) (see init_arch)
   # Search.
   c.epochs = 50
@@ -57,7 +60,13 @@ def get_config(arg=None):
   c.num_devices = 0           # 0 = every local device
   c.multi_host = False        # jax.distributed.initialize() first
   c.compilation_cache_dir = ''  # '' = <workdir>/jax_cache
-  c.cpu_fast_compile = True   # XLA:CPU backend optimisation level 0
+  # XLA:CPU backend optimisation level 0: compiles ~2-3x faster, but the
+  # unoptimised loops run several times slower at full size; worth it
+  # only for tiny networks (the digits variant).
+  c.cpu_fast_compile = False
+  # split: the step's derivatives are separate XLA programs (compile much
+  # faster on CPU, less peak memory); fused: the whole step is one program.
+  c.step_compilation = 'split'
   if arg == 'digits':
     c.dataset = 'digits'
     c.crop_padding = 1
@@ -70,6 +79,7 @@ def get_config(arg=None):
     c.learning_rate = 0.05
     c.arch_learning_rate = 3e-3
     c.lambda_step = 0.05
+    c.cpu_fast_compile = True
   elif arg not in (None, ''):
     raise ValueError(f'unknown cnn_search variant {arg!r}; use "digits" or '
                      'nothing.')

@@ -17,7 +17,7 @@ References:
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -37,15 +37,115 @@ def _axpy(x, a, y):
   return jax.tree.map(lambda xi, yi: (xi + a * yi).astype(xi.dtype), x, y)
 
 
-def _unrolled_weights(train_loss: LossFn, weights, arch, batch, *, eta,
-                      momentum, momentum_buffer, weight_decay):
-  """w′ = w − η (μ·buf + ∇_w L_train(w, A) + λ·w), dtypes kept."""
-  grad_w = jax.grad(train_loss)(weights, arch, batch)
+class Derivatives(NamedTuple):
+  """The model-dependent derivatives the hypergradient is assembled from.
+
+  ``darts_hypergradient`` builds them with autodiff inside one traced
+  function; ``split_hypergradient`` takes them ready-made, e.g. each compiled
+  on its own (a supernet's whole second-order step as one XLA program takes
+  far longer to compile than its pieces; see ``experiments/cnn_search.py``).
+
+  Attributes:
+    train_grads: ``(w, A, batch) -> (L_train, ∇_w L_train, ∇_A L_train)``.
+    val_grads: ``(w, A, batch) -> (L_val, ∇_w L_val, ∇_A L_val)``.
+    mixed_product: ``(w, A, v, batch) -> ∇²_{A,w} L_train(w, A) v``, the
+      directional derivative of w ↦ ∇_A L_train(w, A) along v (exact mode).
+  """
+  train_grads: Callable[[Any, Any, Any], tuple[jax.Array, Any, Any]]
+  val_grads: Callable[[Any, Any, Any], tuple[jax.Array, Any, Any]]
+  mixed_product: Callable[[Any, Any, Any, Any], Any]
+
+
+def _loss_and_grads(loss: LossFn):
+  def loss_and_grads(w, a, batch):
+    value, (g_w, g_a) = jax.value_and_grad(loss, argnums=(0, 1))(w, a, batch)
+    return value, g_w, g_a
+  return loss_and_grads
+
+
+def _mixed_product(loss: LossFn):
+  def mixed_product(w, a, v, batch):
+    grad_arch = lambda w: jax.grad(loss, argnums=1)(w, a, batch)
+    return jax.jvp(grad_arch, (w,), (v,))[1]
+  return mixed_product
+
+
+def autodiff_derivatives(train_loss: LossFn, val_loss: LossFn) -> Derivatives:
+  """``Derivatives`` of two losses by ``jax.grad`` and ``jax.jvp`` (traced,
+  not compiled: jit them, or the function that calls them)."""
+  return Derivatives(_loss_and_grads(train_loss), _loss_and_grads(val_loss),
+                     _mixed_product(train_loss))
+
+
+@jax.jit
+def unroll(weights, grad_w, eta, momentum, momentum_buffer, weight_decay):
+  """w′ = w − η (μ·buf + ∇_w L_train + λ_wd·w), dtypes kept (Eq. 12).
+
+  ``momentum_buffer`` None counts as zeros.
+  """
   direction = jax.tree.map(lambda g, w: g + weight_decay * w, grad_w, weights)
   if momentum_buffer is not None:
     direction = jax.tree.map(lambda d, b: d + momentum * b, direction,
                              momentum_buffer)
   return _axpy(weights, -eta, direction)
+
+
+@jax.jit
+def _difference_points(weights, v):
+  norm = optax.tree.norm(v)
+  eps = _FD_RADIUS / jnp.where(norm > 0, norm, 1)
+  return _axpy(weights, eps, v), _axpy(weights, -eps, v), eps
+
+
+@jax.jit
+def _combine(g_val, g_plus, g_minus, eps, eta, arch):
+  """g_val − η·correction, where the correction is ``g_plus`` itself when
+  ``g_minus`` is None, else the central difference."""
+  if g_minus is None:
+    correction = g_plus
+  else:
+    correction = jax.tree.map(lambda p, m: (p - m) / (2 * eps), g_plus,
+                              g_minus)
+  return jax.tree.map(lambda gv, c, a: (gv - eta * c).astype(a.dtype),
+                      g_val, correction, arch)
+
+
+def split_hypergradient(derivatives: Derivatives, weights, arch, train_batch,
+                        val_batch, *, eta, mode: str = 'exact',
+                        momentum=0.0, momentum_buffer=None,
+                        weight_decay=0.0):
+  """``darts_hypergradient`` assembled from given ``Derivatives``.
+
+  The same mathematics as ``darts_hypergradient`` (see there), written as a
+  sequence of calls: the derivatives (typically separately compiled
+  programs), and small jitted functions in between. Call it outside ``jit``
+  to run the pieces as separate programs, or inside to trace them all into
+  one.
+
+  Returns:
+    ``(g, val_loss)``: the hypergradient, a pytree like ``arch`` with its
+    dtypes, and L_val at the weights it was taken at (w′; w in first-order
+    mode).
+  """
+  if mode not in MODES:
+    raise ValueError(
+        f'mode must be one of {", ".join(repr(m) for m in MODES)}; '
+        f'got {mode!r}.')
+  if mode == 'first_order':
+    value, _, g = derivatives.val_grads(weights, arch, val_batch)
+    return jax.tree.map(lambda gi, a: gi.astype(a.dtype), g, arch), value
+  _, grad_w, _ = derivatives.train_grads(weights, arch, train_batch)
+  w_new = unroll(weights, grad_w, eta, momentum, momentum_buffer,
+                 weight_decay)
+  # w′ has the dtypes of w, so v is a valid tangent at w.
+  value, v, g_val = derivatives.val_grads(w_new, arch, val_batch)
+  if mode == 'exact':
+    hvp = derivatives.mixed_product(weights, arch, v, train_batch)
+    return _combine(g_val, hvp, None, 0.0, eta, arch), value
+  w_plus, w_minus, eps = _difference_points(weights, v)
+  _, _, g_plus = derivatives.train_grads(w_plus, arch, train_batch)
+  _, _, g_minus = derivatives.train_grads(w_minus, arch, train_batch)
+  return _combine(g_val, g_plus, g_minus, eps, eta, arch), value
 
 
 def darts_hypergradient(
@@ -125,33 +225,8 @@ def darts_hypergradient(
     Wu et al. 2021, Eq. 11-13;
     Liu, Simonyan and Yang 2019 (DARTS), second-order approximation.
   """
-  if mode not in MODES:
-    raise ValueError(
-        f'mode must be one of {", ".join(repr(m) for m in MODES)}; '
-        f'got {mode!r}.')
-
-  def grad_arch_train(w):
-    return jax.grad(train_loss, argnums=1)(w, arch, train_batch)
-
-  if mode == 'first_order':
-    value, g = jax.value_and_grad(val_loss, argnums=1)(weights, arch,
-                                                         val_batch)
-  else:
-    w_new = _unrolled_weights(
-        train_loss, weights, arch, train_batch, eta=eta, momentum=momentum,
-        momentum_buffer=momentum_buffer, weight_decay=weight_decay)
-    # w′ has the dtypes of w, so v is a valid tangent at w for the JVP.
-    value, (v, g_val) = jax.value_and_grad(val_loss, argnums=(0, 1))(
-        w_new, arch, val_batch)
-    if mode == 'exact':
-      _, hvp = jax.jvp(grad_arch_train, (weights,), (v,))
-    else:
-      norm = optax.tree.norm(v)
-      eps = _FD_RADIUS / jnp.where(norm > 0, norm, 1)
-      g_plus = grad_arch_train(_axpy(weights, eps, v))
-      g_minus = grad_arch_train(_axpy(weights, -eps, v))
-      hvp = jax.tree.map(lambda p, m: (p - m) / (2 * eps), g_plus, g_minus)
-    g = jax.tree.map(lambda a, b: a - eta * b, g_val, hvp)
-
-  g = jax.tree.map(lambda gi, a: gi.astype(a.dtype), g, arch)
+  g, value = split_hypergradient(
+      autodiff_derivatives(train_loss, val_loss), weights, arch, train_batch,
+      val_batch, eta=eta, mode=mode, momentum=momentum,
+      momentum_buffer=momentum_buffer, weight_decay=weight_decay)
   return (g, value) if return_val_loss else g

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Optional
 
 import jax
 
@@ -53,3 +53,49 @@ def enable_compilation_cache(cache_dir: str) -> None:
   jax.config.update('jax_compilation_cache_dir', cache_dir)
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
   jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+
+
+class LazyCompiled:
+  """A jitted function compiled ahead of time on its first call, timed.
+
+  For steps made of several programs called from Python: each compiles for
+  the shapes and shardings of its first arguments (with ``compile_step``'s
+  options), separately, and records how long that took in ``compile_s``.
+  Later calls must pass arguments of the same shapes, dtypes and shardings.
+
+  Args:
+    fn: the function.
+    cpu_fast_compile: as in ``compile_step``.
+    donate: as in ``compile_step``.
+  """
+
+  def __init__(self, fn: Callable[..., Any], *, cpu_fast_compile: bool = True,
+               donate: Sequence[int] = ()):
+    self._fn, self._donate = fn, tuple(donate)
+    self._cpu_fast_compile = cpu_fast_compile
+    self._compiled = None
+    self.compile_s = 0.0
+    self.calls = 0
+
+  @property
+  def flops(self) -> Optional[float]:
+    """XLA's count of floating-point operations per call; None before the
+    first call."""
+    return None if self._compiled is None else program_flops(self._compiled)
+
+  def __call__(self, *args):
+    if self._compiled is None:
+      self._compiled, self.compile_s = compile_step(
+          self._fn, args, cpu_fast_compile=self._cpu_fast_compile,
+          donate=self._donate)
+    self.calls += 1
+    return self._compiled(*args)
+
+
+def program_flops(compiled) -> Optional[float]:
+  """XLA's cost-analysis FLOP count of a compiled program, if it has one."""
+  analysis = compiled.cost_analysis()
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0] if analysis else {}
+  flops = (analysis or {}).get('flops')
+  return None if flops is None else float(flops)

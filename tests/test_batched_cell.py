@@ -261,3 +261,16 @@ def test_unknown_cell_impl_raises():
                      match="cell_impl must be one of batched, stacked, "
                      "reference; got 'fast'"):
     models.SearchNetwork(C=C, num_classes=3, layers=3, cell_impl='fast')
+
+
+def test_auto_cell_impl_is_chosen_per_backend():
+  from configs import cnn_search as cfg  # pylint: disable=g-import-not-at-top
+  from sparsenas_jax.experiments import cnn_search  # pylint: disable=g-import-not-at-top
+  assert supernet.default_cell_impl('cpu') == 'batched'
+  assert supernet.default_cell_impl('gpu') == 'reference'
+  assert supernet.default_cell_impl('tpu') == 'reference'
+  config = cfg.get_config('digits')
+  assert config.cell_impl == 'auto'
+  assert cnn_search.cell_impl(config) == supernet.default_cell_impl()
+  config.cell_impl = 'reference'  # forced
+  assert cnn_search.cell_impl(config) == 'reference'

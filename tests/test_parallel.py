@@ -1,4 +1,5 @@
-"""Data parallelism: 4 (fake CPU) devices compute the same step as 1."""
+"""Data parallelism: 4 (fake CPU) devices compute the same step as 1, and
+the split step (separately compiled programs) the same as the fused one."""
 
 import os
 import subprocess
@@ -23,13 +24,16 @@ SCRIPT = textwrap.dedent('''
     wopt = cs.make_weight_optimizer(c, 100)
     state0, aopt = cs.create_state(
         c, model, sample, wopt, lambda a: cs.make_arch_optimizer(c, a, 5))
-    step = cs.make_search_step(c, model, wopt, aopt, 100,
-                               jnp.asarray(d.mean), jnp.asarray(d.std))
+    mean, std = jnp.asarray(d.mean), jnp.asarray(d.std)
     finals = []
-    for n in (1, 4):
+    # One device with the whole step as one program; four devices with the
+    # step's separately compiled programs.
+    for n, split in ((1, False), (4, True)):
       mesh = parallel.make_mesh(n)
       state = parallel.replicate(state0, mesh)
-      f = jax.jit(step)
+      step = cs.make_search_step(c, model, wopt, aopt, 100, mean, std,
+                                 split=split)
+      f = step if split else jax.jit(step)
       for i in range(2):
         batch = lambda split, seed: parallel.shard_batch(dict(zip(
             ('image', 'label'), cs.data.batch_at(split, 16, seed, i))), mesh)

@@ -44,6 +44,8 @@ from sparsenas_jax.models.ops import DARTS_OPS
 
 ARCH_OPTIMIZERS = ('adam_hapg', 'hapg', 'adam')
 DATASETS = ('digits', 'cifar10', 'cifar100')
+# 'split': separately compiled programs per step; 'fused': one program.
+STEP_COMPILATIONS = ('split', 'fused')
 
 
 class SearchState(NamedTuple):
@@ -94,9 +96,12 @@ def validate(config) -> tuple[str, ...]:
     raise ConfigError(f'config.l1_ratio={config.l1_ratio}: use [0, 1].')
   if config.epochs < 1 or config.batch_size < 1:
     raise ConfigError('config.epochs and config.batch_size must be >= 1.')
-  if config.cell_impl not in supernet.CELL_IMPLS:
+  if config.step_compilation not in STEP_COMPILATIONS:
+    raise ConfigError(f'config.step_compilation={config.step_compilation!r}; '
+                      f'valid: {STEP_COMPILATIONS}.')
+  if config.cell_impl not in ('auto',) + supernet.CELL_IMPLS:
     raise ConfigError(f'config.cell_impl={config.cell_impl!r}; valid: '
-                      f'{supernet.CELL_IMPLS}.')
+                      f"{('auto',) + supernet.CELL_IMPLS}.")
   return parse_ops(config.ops)
 
 
@@ -153,7 +158,14 @@ def make_model(config, num_classes: int) -> supernet.SearchNetwork:
   return supernet.SearchNetwork(
       C=config.init_channels, num_classes=num_classes, layers=config.layers,
       nodes=config.nodes, ops=parse_ops(config.ops),
-      cell_impl=config.cell_impl)
+      cell_impl=cell_impl(config))
+
+
+def cell_impl(config) -> str:
+  """``config.cell_impl``, with 'auto' resolved for the default backend."""
+  if config.cell_impl == 'auto':
+    return supernet.default_cell_impl()
+  return config.cell_impl
 
 
 def init_weights(model, sample, arch, seed: int):
@@ -235,51 +247,90 @@ def _loss_and_logits(model, weights, arch, batch):
 
 
 def make_search_step(config, model, weight_opt, arch_opt, total_steps,
-                     mean, std):
-  """The pure search step (Alg. 1): architecture update, then weights."""
+                     mean, std, *, split: bool = False):
+  """The search step (Alg. 1): architecture update, then weights.
+
+  Returns ``step(state, train_batch, val_batch, key) -> (state, metrics)``,
+  a pure function. With ``split=False`` it is meant to be jitted whole, as
+  one XLA program. With ``split=True`` it is plain Python calling separately
+  compiled programs (``compilation.LazyCompiled``, compiled on the first
+  step): the loss gradients (one program, called two to five times per step
+  depending on the hypergradient mode), the mixed second derivative of the
+  exact mode, and small programs for augmentation and the two optimizer
+  updates. The same arithmetic; on XLA:CPU, where compile time grows
+  super-linearly with program size, a supernet's whole second-order step
+  compiles several times slower than its pieces, and peak memory is that of
+  the largest piece. ``step.pieces`` holds the programs (their
+  ``compile_s``).
+  """
   lr_schedule = weight_schedule(config, total_steps)
   pad = config.crop_padding
 
-  def augment(key, batch):
-    images = data.darts_augment(key, _as_float(batch['image']), pad=pad,
-                                flip=config.flip, mean=mean, std=std)
-    return {'image': images, 'label': batch['label']}
+  def augment(key, train_batch, val_batch):
+    def one(key, batch):
+      images = data.darts_augment(key, _as_float(batch['image']), pad=pad,
+                                  flip=config.flip, mean=mean, std=std)
+      return {'image': images, 'label': batch['label']}
+    train_key, val_key = jax.random.split(key)
+    return one(train_key, train_batch), one(val_key, val_batch)
 
-  def train_loss(weights, arch, batch):
-    return _loss_and_logits(model, weights, arch, batch)[0]
+  def grads(weights, arch, batch):
+    """(loss, accuracy, ∇_w loss, ∇_A loss)."""
+    (loss, logits), (g_w, g_a) = jax.value_and_grad(
+        functools.partial(_loss_and_logits, model), argnums=(0, 1),
+        has_aux=True)(weights, arch, batch)
+    return loss, jnp.mean(jnp.argmax(logits, -1) == batch['label']), g_w, g_a
+
+  def mixed_product(weights, arch, v, batch):
+    grad_arch = jax.grad(
+        lambda w, a: _loss_and_logits(model, w, a, batch)[0], argnums=1)
+    return jax.jvp(lambda w: grad_arch(w, arch), (weights,), (v,))[1]
+
+  def arch_update(arch_grad, arch_opt_state, arch):
+    updates, arch_opt_state = arch_opt.update(arch_grad, arch_opt_state, arch)
+    return optax.apply_updates(arch, updates), arch_opt_state
+
+  def weight_update(state, arch, arch_opt_state, g_w, loss, accuracy,
+                    arch_val_loss):
+    updates, weight_opt_state = weight_opt.update(
+        g_w, state.weight_opt_state, state.weights)
+    weights = optax.apply_updates(state.weights, updates)
+    metrics = {'train_loss': loss, 'train_accuracy': accuracy,
+               'arch_val_loss': arch_val_loss}
+    return SearchState(state.step + 1, weights, arch, weight_opt_state,
+                       arch_opt_state), metrics
+
+  pieces = {'augment': augment, 'grads': grads,
+            'mixed_product': mixed_product, 'arch_update': arch_update,
+            'weight_update': weight_update}
+  if split:
+    pieces = {name: compilation.LazyCompiled(
+        fn, cpu_fast_compile=config.cpu_fast_compile)
+              for name, fn in pieces.items()}
+  loss_grads = lambda w, a, batch: (lambda r: (r[0], r[2], r[3]))(
+      pieces['grads'](w, a, batch))
+  derivatives = bilevel.Derivatives(loss_grads, loss_grads,
+                                    pieces['mixed_product'])
 
   def step(state: SearchState, train_batch, val_batch, key):
-    train_key, val_key = jax.random.split(key)
-    train_batch = augment(train_key, train_batch)
-    val_batch = augment(val_key, val_batch)
+    train_batch, val_batch = pieces['augment'](key, train_batch, val_batch)
     # Step 1: A, from the hypergradient of Eq. 11-13 on the val batch. The
     # unrolled weight step mirrors the real one (momentum, weight decay).
     momentum_buffer = optax.tree_utils.tree_get(state.weight_opt_state,
                                                 'trace')
-    arch_grad, arch_val_loss = bilevel.darts_hypergradient(
-        train_loss, train_loss, state.weights, state.arch, train_batch,
-        val_batch, eta=lr_schedule(state.step), mode=config.hypergradient,
+    arch_grad, arch_val_loss = bilevel.split_hypergradient(
+        derivatives, state.weights, state.arch, train_batch, val_batch,
+        eta=lr_schedule(state.step), mode=config.hypergradient,
         momentum=config.momentum, momentum_buffer=momentum_buffer,
-        weight_decay=config.weight_decay, return_val_loss=True)
-    updates, arch_opt_state = arch_opt.update(arch_grad, state.arch_opt_state,
-                                              state.arch)
-    arch = optax.apply_updates(state.arch, updates)
+        weight_decay=config.weight_decay)
+    arch, arch_opt_state = pieces['arch_update'](
+        arch_grad, state.arch_opt_state, state.arch)
     # Step 2: w, on the training batch with the new A.
-    (loss, logits), grads = jax.value_and_grad(
-        functools.partial(_loss_and_logits, model), has_aux=True)(
-            state.weights, arch, train_batch)
-    updates, weight_opt_state = weight_opt.update(
-        grads, state.weight_opt_state, state.weights)
-    weights = optax.apply_updates(state.weights, updates)
-    metrics = {
-        'train_loss': loss,
-        'train_accuracy': jnp.mean(
-            jnp.argmax(logits, -1) == train_batch['label']),
-        'arch_val_loss': arch_val_loss,
-    }
-    return SearchState(state.step + 1, weights, arch, weight_opt_state,
-                       arch_opt_state), metrics
+    loss, accuracy, g_w, _ = pieces['grads'](state.weights, arch, train_batch)
+    return pieces['weight_update'](state, arch, arch_opt_state, g_w, loss,
+                                   accuracy, arch_val_loss)
 
+  step.pieces = pieces
   return step
 
 
@@ -358,8 +409,9 @@ def run(config: ml_collections.ConfigDict, workdir: str):
                supernet.count_params(state.arch), steps_per_epoch)
 
   mean, std = jnp.asarray(search_data.mean), jnp.asarray(search_data.std)
+  split = config.step_compilation == 'split'
   step_fn = make_search_step(config, model, weight_opt, arch_opt, total_steps,
-                             mean, std)
+                             mean, std, split=split)
   batch_of = lambda split, seed, step: parallel.shard_batch(
       dict(zip(('image', 'label'),
                data.batch_at(split, config.batch_size, seed, step))), mesh)
@@ -367,9 +419,23 @@ def run(config: ml_collections.ConfigDict, workdir: str):
   example = (state, batch_of(search_data.train, 2 * config.seed, first),
              batch_of(search_data.val, 2 * config.seed + 1, first),
              jax.random.fold_in(base_key, first))
-  search_step, compile_s = compilation.compile_step(
-      step_fn, example, cpu_fast_compile=config.cpu_fast_compile,
-      donate=(0,))
+  t0 = time.perf_counter()
+  if split and first < total_steps:  # its programs compile in the 1st step
+    search_step = step_fn
+    state, first_metrics = search_step(*example)
+    compile_s = sum(p.compile_s for p in step_fn.pieces.values())
+    logging.info('first search step in %.1f s, of which compiling %s',
+                 time.perf_counter() - t0, ', '.join(
+                     f'{name} {p.compile_s:.1f} s'
+                     for name, p in step_fn.pieces.items() if p.compile_s))
+    first += 1
+  elif split:  # resumed after the last step: nothing to run
+    search_step, compile_s, first_metrics = step_fn, 0.0, None
+  else:
+    search_step, compile_s = compilation.compile_step(
+        step_fn, example, cpu_fast_compile=config.cpu_fast_compile,
+        donate=(0,))
+    first_metrics = None
   eval_step, eval_compile_s = compilation.compile_step(
       make_eval_step(model, mean, std),
       (state.weights, state.arch, batch_of(search_data.test, 0, 0)),
@@ -381,11 +447,14 @@ def run(config: ml_collections.ConfigDict, workdir: str):
   summary = {'compile_s': compile_s, 'eval_compile_s': eval_compile_s}
   epoch_metrics, t_epoch = [], time.perf_counter()
   t_start, first_run_step = time.perf_counter(), first
-  for step in range(first, total_steps):
-    state, metrics = search_step(
-        state, batch_of(search_data.train, 2 * config.seed, step),
-        batch_of(search_data.val, 2 * config.seed + 1, step),
-        jax.random.fold_in(base_key, step))
+  for step in range(first - (first_metrics is not None), total_steps):
+    if step < first:  # the split step's first step, run above
+      metrics = first_metrics
+    else:
+      state, metrics = search_step(
+          state, batch_of(search_data.train, 2 * config.seed, step),
+          batch_of(search_data.val, 2 * config.seed + 1, step),
+          jax.random.fold_in(base_key, step))
     epoch_metrics.append(metrics)
     if (step + 1) % steps_per_epoch and step + 1 != total_steps:
       continue
