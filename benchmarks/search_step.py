@@ -3,7 +3,8 @@
   python benchmarks/search_step.py                      # DARTS search size
   python benchmarks/search_step.py --batch=16,32,64 --modes=first_order
   python benchmarks/search_step.py --cells=5,8 --nodes=2,4 --steps=3
-  python benchmarks/search_step.py --step_compilation=fused --fast_compile=0
+  python benchmarks/search_step.py --step_compilation=fused --fast_compile=1
+  python benchmarks/search_step.py --batch=64 --remat=1
 
 Every combination of --modes × --batch × --cells × --nodes runs in its own
 subprocess (so that its peak resident memory is its own, and its compile
@@ -61,6 +62,7 @@ def measure(args):
   config.cpu_fast_compile = bool(args.fast_compile)
   config.hypergradient = args.mode
   config.step_compilation = args.step_compilation
+  config.remat = bool(args.remat)
   if args.cache_dir:
     compilation.enable_compilation_cache(args.cache_dir)
   mesh = parallel.make_mesh(0)
@@ -108,7 +110,7 @@ def measure(args):
       'nodes': args.nodes, 'channels': args.channels,
       'image_size': args.image_size, 'cell_impl': cs.cell_impl(config),
       'step_compilation': args.step_compilation,
-      'fast_compile': bool(args.fast_compile),
+      'fast_compile': bool(args.fast_compile), 'remat': bool(args.remat),
       'backend': jax.default_backend(),
       'device_kind': jax.devices()[0].device_kind,
       'devices': jax.device_count(),
@@ -155,6 +157,7 @@ def main():
   parser.add_argument('--cell_impl', default='auto')
   parser.add_argument('--step_compilation', default='split')
   parser.add_argument('--fast_compile', type=int, default=0)
+  parser.add_argument('--remat', type=int, default=0)
   parser.add_argument('--cache_dir', default='')
   parser.add_argument('--timeout', type=int, default=3600)
   parser.add_argument('--child', default='')

@@ -31,10 +31,12 @@ def get_config(arg=None):
   c.layers = 8
   c.nodes = 4
   c.ops = DARTS_OPS
-  # auto: 'batched' (shifted-product depthwise convs) on CPU, 'reference'
+  # auto: 'stacked' (shifted-product depthwise convs, params stacked per
+  # stage) on CPU, 'reference'
   # (lax grouped convs, native on cuDNN / TPU) elsewhere; or force one of
   # batched | stacked | reference.
   c.cell_impl = 'auto'
+  c.remat = False             # recompute each cell in the backward pass
   c.arch_init_scale = 0.0     # A init mean; 0 = 1/len(ops) (see init_arch)
   # Search.
   c.epochs = 50

@@ -266,7 +266,7 @@ def test_unknown_cell_impl_raises():
 def test_auto_cell_impl_is_chosen_per_backend():
   from configs import cnn_search as cfg  # pylint: disable=g-import-not-at-top
   from sparsenas_jax.experiments import cnn_search  # pylint: disable=g-import-not-at-top
-  assert supernet.default_cell_impl('cpu') == 'batched'
+  assert supernet.default_cell_impl('cpu') == 'stacked'
   assert supernet.default_cell_impl('gpu') == 'reference'
   assert supernet.default_cell_impl('tpu') == 'reference'
   config = cfg.get_config('digits')
@@ -274,3 +274,23 @@ def test_auto_cell_impl_is_chosen_per_backend():
   assert cnn_search.cell_impl(config) == supernet.default_cell_impl()
   config.cell_impl = 'reference'  # forced
   assert cnn_search.cell_impl(config) == 'reference'
+
+
+def test_remat_computes_the_same_gradients(problem, results):
+  x, labels, arch, params = problem
+  net = models.SearchNetwork(C=C, num_classes=3, layers=3, nodes=NODES,
+                             remat=True)
+  got = _run(_logits_and_grads(net, x, labels), params, arch)
+  _assert_trees_close(got, results['batched'], 1e-5)
+
+
+def test_search_init_of_stacked_leaves_excludes_the_edge_axis():
+  from sparsenas_jax.experiments import cnn_search  # pylint: disable=g-import-not-at-top
+  arch = supernet.init_arch(jax.random.key(0), nodes=NODES)
+  net = models.SearchNetwork(C=8, num_classes=3, layers=3, nodes=NODES,
+                             cell_impl='stacked')
+  weights = cnn_search.init_weights(net, jnp.zeros((1, 8, 8, 1)), arch, 0)
+  kernel = weights['cell_0']['stage_0']['dil_conv_5x5']['depthwise']
+  assert kernel.shape == (2 * NODES, 5, 5, 1, 8)
+  bound = 1 / 5  # fan-in 5 * 5 per edge
+  assert bound * 0.9 < np.abs(kernel).max() <= bound

@@ -38,6 +38,7 @@ from sparsenas_jax import genotype as genotype_lib
 from sparsenas_jax import optim
 from sparsenas_jax import parallel
 from sparsenas_jax.errors import ConfigError
+from sparsenas_jax.experiments import common
 from sparsenas_jax.metric_writers import MetricWriter
 from sparsenas_jax.models import supernet
 from sparsenas_jax.models.ops import DARTS_OPS
@@ -143,12 +144,6 @@ def load_data(config) -> SearchData:
                     100 if config.dataset == 'cifar100' else 10)
 
 
-def _as_float(images):
-  if images.dtype == jnp.uint8:
-    return images.astype(jnp.float32) / 255.0
-  return images.astype(jnp.float32)
-
-
 # ---------------------------------------------------------------------------
 # Model and optimizers.
 # ---------------------------------------------------------------------------
@@ -158,7 +153,7 @@ def make_model(config, num_classes: int) -> supernet.SearchNetwork:
   return supernet.SearchNetwork(
       C=config.init_channels, num_classes=num_classes, layers=config.layers,
       nodes=config.nodes, ops=parse_ops(config.ops),
-      cell_impl=cell_impl(config))
+      cell_impl=cell_impl(config), remat=config.remat)
 
 
 def cell_impl(config) -> str:
@@ -174,7 +169,9 @@ def init_weights(model, sample, arch, seed: int):
   Shapes come from ``jax.eval_shape`` (nothing compiled); filling them on the
   host avoids compiling the RNG of hundreds of tiny parameters, which takes
   minutes on XLA:CPU. The distribution is that of ``ops.conv_init``:
-  U(-1/√fan_in, 1/√fan_in); the classifier bias starts at zero.
+  U(-1/√fan_in, 1/√fan_in); the classifier bias starts at zero. Leaves of
+  the stacked layout (under ``stage_{k}``) have a leading edge axis, which
+  is not part of the fan-in.
   """
   shapes = jax.eval_shape(
       lambda: model.init(jax.random.key(0), sample, arch))['params']
@@ -183,7 +180,9 @@ def init_weights(model, sample, arch, seed: int):
   def fill(path, s):
     if len(s.shape) < 2:
       return np.zeros(s.shape, np.float32)
-    bound = 1 / np.sqrt(np.prod(s.shape[:-1]))
+    stacked = any(str(getattr(k, 'key', '')).startswith('stage_')
+                  for k in path)
+    bound = 1 / np.sqrt(np.prod(s.shape[1 if stacked else 0:-1]))
     return rng.uniform(-bound, bound, s.shape).astype(np.float32)
 
   return jax.tree_util.tree_map_with_path(fill, shapes)
@@ -218,13 +217,10 @@ def weight_schedule(config, total_steps: int):
 
 
 def make_weight_optimizer(config, total_steps: int):
-  # As DARTS: clip the gradient norm, then SGD with L2 weight decay and
-  # momentum (PyTorch's SGD adds the decay to the clipped gradient).
-  return optax.chain(
-      optax.clip_by_global_norm(config.grad_clip),
-      optax.add_decayed_weights(config.weight_decay),
-      optax.sgd(weight_schedule(config, total_steps),
-                momentum=config.momentum))
+  return common.darts_sgd(weight_schedule(config, total_steps),
+                          grad_clip=config.grad_clip,
+                          weight_decay=config.weight_decay,
+                          momentum=config.momentum)
 
 
 def architecture(config, state: SearchState):
@@ -268,7 +264,7 @@ def make_search_step(config, model, weight_opt, arch_opt, total_steps,
 
   def augment(key, train_batch, val_batch):
     def one(key, batch):
-      images = data.darts_augment(key, _as_float(batch['image']), pad=pad,
+      images = data.darts_augment(key, common.as_float(batch['image']), pad=pad,
                                   flip=config.flip, mean=mean, std=std)
       return {'image': images, 'label': batch['label']}
     train_key, val_key = jax.random.split(key)
@@ -336,7 +332,7 @@ def make_search_step(config, model, weight_opt, arch_opt, total_steps,
 
 def make_eval_step(model, mean, std):
   def eval_step(weights, arch, batch):
-    images = data.normalize(_as_float(batch['image']), mean, std)
+    images = data.normalize(common.as_float(batch['image']), mean, std)
     logits = model.apply({'params': weights}, images, arch)
     return {
         'correct': jnp.sum(jnp.argmax(logits, -1) == batch['label']),

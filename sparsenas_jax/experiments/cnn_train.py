@@ -16,6 +16,7 @@ command resumes from the latest one, on the same batches.
 
 from __future__ import annotations
 
+from concurrent import futures
 import json
 import os
 import resource
@@ -36,6 +37,7 @@ from sparsenas_jax import genotype as genotype_lib
 from sparsenas_jax import parallel
 from sparsenas_jax.data import imagenet
 from sparsenas_jax.errors import ConfigError
+from sparsenas_jax.experiments import common
 from sparsenas_jax.metric_writers import MetricWriter
 from sparsenas_jax.models import complexity
 from sparsenas_jax.models import eval_network
@@ -157,12 +159,6 @@ def load_data(config) -> TrainData:
                     100 if config.dataset == 'cifar100' else 10)
 
 
-def _as_float(images):
-  if images.dtype == jnp.uint8:
-    return images.astype(jnp.float32) / 255.0
-  return images.astype(jnp.float32)
-
-
 # ---------------------------------------------------------------------------
 # Model, optimizer, steps.
 # ---------------------------------------------------------------------------
@@ -196,13 +192,11 @@ def learning_rate_schedule(config, steps_per_epoch: int):
 
 
 def make_optimizer(config, steps_per_epoch: int):
-  # As DARTS: clip the gradient's global norm, add L2 weight decay (to every
-  # parameter, BN included, as PyTorch's SGD does), SGD with momentum.
-  return optax.chain(
-      optax.clip_by_global_norm(config.grad_clip),
-      optax.add_decayed_weights(config.weight_decay),
-      optax.sgd(learning_rate_schedule(config, steps_per_epoch),
-                momentum=config.momentum))
+  # Weight decay on every parameter, BN included, as DARTS.
+  return common.darts_sgd(learning_rate_schedule(config, steps_per_epoch),
+                          grad_clip=config.grad_clip,
+                          weight_decay=config.weight_decay,
+                          momentum=config.momentum)
 
 
 def _cross_entropy(logits, labels, smoothing: float):
@@ -215,7 +209,7 @@ def _cross_entropy(logits, labels, smoothing: float):
 
 def _augment(config, key, images, mean, std):
   """Training transform on the device (ImageNet's crop ran on the host)."""
-  images = _as_float(images)
+  images = common.as_float(images)
   if config.dataset == 'imagenet2012':
     images = data.color_jitter(key, images, config.color_jitter)
     return data.normalize(images, mean, std)
@@ -265,7 +259,7 @@ def make_train_step(config, model, optimizer, steps_per_epoch: int, mean,
 def make_eval_step(model, mean, std):
   """Sums of correct top-1 / top-5 predictions and losses over ``mask``."""
   def eval_step(params, batch_stats, batch):
-    images = data.normalize(_as_float(batch['image']), mean, std)
+    images = data.normalize(common.as_float(batch['image']), mean, std)
     logits, _ = model.apply({'params': params, 'batch_stats': batch_stats},
                             images, train=False)
     labels, mask = batch['label'], batch['mask']
@@ -383,8 +377,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   lr_schedule = learning_rate_schedule(config, steps_per_epoch)
   epoch_metrics, t_epoch = [], time.perf_counter()
   t_start = time.perf_counter()
+  prefetcher = futures.ThreadPoolExecutor(1)
+  next_batch = prefetcher.submit(batch_of, first)
   for step in range(first, total_steps):
-    state, metrics = train_step(state, batch_of(step),
+    batch = next_batch.result()
+    if step + 1 < total_steps:  # read the next batch while this step runs
+      next_batch = prefetcher.submit(batch_of, step + 1)
+    state, metrics = train_step(state, batch,
                                 jax.random.fold_in(base_key, step))
     epoch_metrics.append(metrics)
     if (step + 1) % steps_per_epoch and step + 1 != total_steps:
@@ -411,6 +410,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     checkpointer.save(step + 1, state)
     epoch_metrics, t_epoch = [], time.perf_counter()
     summary.update(scalars)
+  prefetcher.shutdown()
   checkpointer.close()
   writer.close()
   if 'test_error' not in summary:  # resumed after the last step
