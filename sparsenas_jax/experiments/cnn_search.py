@@ -277,11 +277,6 @@ def make_search_step(config, model, weight_opt, arch_opt, total_steps,
         has_aux=True)(weights, arch, batch)
     return loss, jnp.mean(jnp.argmax(logits, -1) == batch['label']), g_w, g_a
 
-  def mixed_product(weights, arch, v, batch):
-    grad_arch = jax.grad(
-        lambda w, a: _loss_and_logits(model, w, a, batch)[0], argnums=1)
-    return jax.jvp(lambda w: grad_arch(w, arch), (weights,), (v,))[1]
-
   def arch_update(arch_grad, arch_opt_state, arch):
     updates, arch_opt_state = arch_opt.update(arch_grad, arch_opt_state, arch)
     return optax.apply_updates(arch, updates), arch_opt_state
@@ -296,6 +291,9 @@ def make_search_step(config, model, weight_opt, arch_opt, total_steps,
     return SearchState(state.step + 1, weights, arch, weight_opt_state,
                        arch_opt_state), metrics
 
+  train_loss = lambda w, a, batch: _loss_and_logits(model, w, a, batch)[0]
+  mixed_product = bilevel.autodiff_derivatives(
+      train_loss, train_loss).mixed_product
   pieces = {'augment': augment, 'grads': grads,
             'mixed_product': mixed_product, 'arch_update': arch_update,
             'weight_update': weight_update}
@@ -374,12 +372,7 @@ def create_state(config, model, sample, weight_opt, arch_opt_fn):
 def run(config: ml_collections.ConfigDict, workdir: str):
   """Runs (or resumes) a search; returns the final summary dict."""
   ops = validate(config)
-  parallel.initialize_distributed(config.multi_host)
-  mesh = parallel.make_mesh(config.num_devices)
-  parallel.check_batch_size(config.batch_size, mesh)
-  os.makedirs(workdir, exist_ok=True)
-  compilation.enable_compilation_cache(
-      config.compilation_cache_dir or os.path.join(workdir, 'jax_cache'))
+  mesh = common.start_job(config, workdir)
   search_data = load_data(config)
   num_train = len(search_data.train[0])
   if config.batch_size > min(num_train, len(search_data.val[0])):
@@ -412,46 +405,45 @@ def run(config: ml_collections.ConfigDict, workdir: str):
       dict(zip(('image', 'label'),
                data.batch_at(split, config.batch_size, seed, step))), mesh)
   first = int(state.step)
-  example = (state, batch_of(search_data.train, 2 * config.seed, first),
-             batch_of(search_data.val, 2 * config.seed + 1, first),
-             jax.random.fold_in(base_key, first))
-  t0 = time.perf_counter()
-  if split and first < total_steps:  # its programs compile in the 1st step
-    search_step = step_fn
-    state, first_metrics = search_step(*example)
-    compile_s = sum(p.compile_s for p in step_fn.pieces.values())
-    logging.info('first search step in %.1f s, of which compiling %s',
-                 time.perf_counter() - t0, ', '.join(
-                     f'{name} {p.compile_s:.1f} s'
-                     for name, p in step_fn.pieces.items() if p.compile_s))
-    first += 1
-  elif split:  # resumed after the last step: nothing to run
-    search_step, compile_s, first_metrics = step_fn, 0.0, None
+  if split:  # its programs compile during the first step, below
+    search_step, compile_s = step_fn, None
   else:
+    example = (state, batch_of(search_data.train, 2 * config.seed, first),
+               batch_of(search_data.val, 2 * config.seed + 1, first),
+               jax.random.fold_in(base_key, first))
     search_step, compile_s = compilation.compile_step(
         step_fn, example, cpu_fast_compile=config.cpu_fast_compile,
         donate=(0,))
-    first_metrics = None
   eval_step, eval_compile_s = compilation.compile_step(
       make_eval_step(model, mean, std),
       (state.weights, state.arch, batch_of(search_data.test, 0, 0)),
       cpu_fast_compile=config.cpu_fast_compile)
-  logging.info('compiled the search step in %.1f s, the eval step in %.1f s',
-               compile_s, eval_compile_s)
+  if compile_s is not None:
+    logging.info('compiled the search step in %.1f s, the eval step in %.1f '
+                 's', compile_s, eval_compile_s)
 
   writer = MetricWriter(workdir)
-  summary = {'compile_s': compile_s, 'eval_compile_s': eval_compile_s}
+  summary = {'compile_s': compile_s or 0.0, 'eval_compile_s': eval_compile_s}
   epoch_metrics, t_epoch = [], time.perf_counter()
   t_start, first_run_step = time.perf_counter(), first
-  for step in range(first - (first_metrics is not None), total_steps):
-    if step < first:  # the split step's first step, run above
-      metrics = first_metrics
-    else:
-      state, metrics = search_step(
-          state, batch_of(search_data.train, 2 * config.seed, step),
-          batch_of(search_data.val, 2 * config.seed + 1, step),
-          jax.random.fold_in(base_key, step))
+  for step in range(first, total_steps):
+    state, metrics = search_step(
+        state, batch_of(search_data.train, 2 * config.seed, step),
+        batch_of(search_data.val, 2 * config.seed + 1, step),
+        jax.random.fold_in(base_key, step))
     epoch_metrics.append(metrics)
+    if compile_s is None:  # the split step's first step: it compiled
+      compile_s = sum(p.compile_s for p in step_fn.pieces.values())
+      summary['compile_s'] = compile_s
+      logging.info(
+          'first search step in %.1f s, of which compiling %s; the eval step '
+          'compiled in %.1f s', time.perf_counter() - t_start, ', '.join(
+              f'{name} {p.compile_s:.1f} s'
+              for name, p in step_fn.pieces.items() if p.compile_s),
+          eval_compile_s)
+      # Rates and ETA count from here, as after an ahead-of-time compile.
+      t_epoch = t_start = time.perf_counter()
+      first_run_step = step + 1
     if (step + 1) % steps_per_epoch and step + 1 != total_steps:
       continue
     epoch = (step + 1) // steps_per_epoch

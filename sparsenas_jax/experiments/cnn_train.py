@@ -321,12 +321,7 @@ def model_complexity(model, variables, image_shape) -> dict[str, float]:
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (or resumes training) the genotype; returns the final metrics."""
   genotype = validate(config)
-  parallel.initialize_distributed(config.multi_host)
-  mesh = parallel.make_mesh(config.num_devices)
-  parallel.check_batch_size(config.batch_size, mesh)
-  os.makedirs(workdir, exist_ok=True)
-  compilation.enable_compilation_cache(
-      config.compilation_cache_dir or os.path.join(workdir, 'jax_cache'))
+  mesh = common.start_job(config, workdir)
   train_data = load_data(config)
   if config.batch_size > train_data.num_train:
     raise ConfigError(f'config.batch_size={config.batch_size} exceeds the '

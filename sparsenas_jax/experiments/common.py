@@ -1,10 +1,29 @@
-"""Pieces the search and training jobs share: image scaling, DARTS's SGD."""
+"""Pieces the search and training jobs share: start-up, image scaling,
+DARTS's SGD."""
 
 from __future__ import annotations
+
+import os
 
 import jax
 import jax.numpy as jnp
 import optax
+
+from sparsenas_jax import compilation
+from sparsenas_jax import parallel
+
+
+def start_job(config, workdir: str) -> jax.sharding.Mesh:
+  """A job's start-up: multi-host init, the device mesh (checking that the
+  batch splits over it), the workdir and the persistent compilation cache
+  (``config.compilation_cache_dir``, default ``<workdir>/jax_cache``)."""
+  parallel.initialize_distributed(config.multi_host)
+  mesh = parallel.make_mesh(config.num_devices)
+  parallel.check_batch_size(config.batch_size, mesh)
+  os.makedirs(workdir, exist_ok=True)
+  compilation.enable_compilation_cache(
+      config.compilation_cache_dir or os.path.join(workdir, 'jax_cache'))
+  return mesh
 
 
 def as_float(images: jax.Array) -> jax.Array:
