@@ -16,13 +16,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from sparsenas_jax import compilation
 from sparsenas_jax import models
 from sparsenas_jax.models import batched_cell
 from sparsenas_jax.models import ops as ops_lib
 from sparsenas_jax.models import supernet
 
 # These tests check numbers, not speed: skip LLVM's optimisations.
-_COMPILER_OPTIONS = {'xla_backend_optimization_level': 0}
+_COMPILER_OPTIONS = compilation.compiler_options(cpu_fast_compile=True)
 
 C = 4
 NODES = 2
@@ -199,6 +200,14 @@ def test_stage_edges():
 # ----------------------------------------------------------------------------
 
 
+def _channels_first(x):  # [L, N, H, W, C] -> [L, C, N, H, W]
+  return jnp.transpose(x, (0, 4, 1, 2, 3))
+
+
+def _channels_last(x):
+  return jnp.transpose(x, (0, 2, 3, 4, 1))
+
+
 @pytest.mark.parametrize('size,stride,dilation,k', [(8, 1, 1, 3),
                                                     (7, 2, 2, 5)])
 def test_depthwise_and_its_derivatives_match_lax_conv(size, stride, dilation,
@@ -209,8 +218,9 @@ def test_depthwise_and_its_derivatives_match_lax_conv(size, stride, dilation,
   dx, dk = rng.normal(size=x.shape), rng.normal(size=kernel.shape)
   dx, dk = dx.astype(np.float32), dk.astype(np.float32)
 
-  def batched(x, kernel):
-    return batched_cell._depthwise(x, kernel, stride, dilation)
+  def batched(x, kernel):  # in the cell's layout, [L, C, N, H, W]
+    y = batched_cell._depthwise(_channels_first(x), kernel, stride, dilation)
+    return _channels_last(y)
 
   def lax_conv(x, kernel):
     return jnp.stack([
@@ -229,6 +239,29 @@ def test_depthwise_and_its_derivatives_match_lax_conv(size, stride, dilation,
     np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5 * np.abs(w).max())
 
 
+@pytest.mark.parametrize('size,stride', [(7, 1), (7, 2), (8, 2)])
+@pytest.mark.parametrize('name', ['max', 'avg'])
+def test_pools_and_their_gradients_match_reduce_window(size, stride, name):
+  x = np.random.default_rng(size + stride).normal(
+      size=(2, 3, size, size, C)).astype(np.float32)
+  separable = {'max': batched_cell._max_pool, 'avg': batched_cell._avg_pool}
+  window = {'max': ops_lib.max_pool_3x3, 'avg': ops_lib.avg_pool_3x3}
+
+  def batched(x):
+    return _channels_last(separable[name](_channels_first(x), stride))
+
+  def reference(x):
+    return jnp.stack([window[name](x[e], stride) for e in range(2)])
+
+  def value_and_grad(f, x):
+    return jax.value_and_grad(lambda x: jnp.sum(jnp.sin(f(x))))(x), f(x)
+
+  got = _run(functools.partial(value_and_grad, batched), x)
+  want = _run(functools.partial(value_and_grad, reference), x)
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize('size', [7, 8])
 def test_factorized_reduce_matches_module(size):
   rng = np.random.default_rng(size)
@@ -242,8 +275,8 @@ def test_factorized_reduce_matches_module(size):
       {'skip_connect': batched_cell.stack_edge_params(
           [e for row in edges for e in row])},
       ops=('skip_connect',), stride=2, num_sources=s)['factorized_reduce']
-  got = _run(lambda x, k: batched_cell._batch_norm(
-      batched_cell._factorized_reduce(x, k)), x, kernels)
+  got = _run(lambda x, k: _channels_last(batched_cell._batch_norm(
+      batched_cell._factorized_reduce(_channels_first(x), k))), x, kernels)
   module = ops_lib.FactorizedReduce(C)
   want = _run(lambda x, edges: jnp.stack([
       module.apply({'params': edges[i][j]}, x[i])

@@ -12,12 +12,18 @@ node they leave, and each stage applies each kind of op once:
 
 Within a stage (Wu et al. 2021, Eq. 1, ``out_e = Σ_o A[j][i, o] op_o(x_i)``,
 node j the sum of its incoming edges), feature maps of several edges are
-stacked on a leading axis, ``[edges, N, H, W, C]``:
+stacked on a leading axis, channels before the batch: ``[edges, C, N, H, W]``
+(the cell's inputs and output are ``[N, H, W, C]`` like every other module's;
+``preprocess`` and ``cell_nodes`` transpose). On XLA:CPU this layout makes
+the reductions of batch norm and of the depthwise kernel gradients run over
+the minor dimensions, several times faster than the column reductions of
+``[edges, N, H, W, C]``:
 
 * Parameter-free ops (the pools, the identity) see the same input on every
   edge leaving a source, and batch norm without affine parameters is a
   function of its input alone: they are computed once per source and mixed
-  with each edge's weight.
+  with each edge's weight. The pools are separable: a 3-wide max (or sum)
+  over rows, then over columns, of shifted slices.
 * Each conv op runs once over all the stage's edges. The depthwise
   convolutions are sums of shifted, scaled copies of the input (one fused
   loop, with per-edge kernels; ``_depthwise``), the 1x1 pointwise
@@ -56,11 +62,9 @@ import jax.numpy as jnp
 from jax import lax
 import numpy as np
 
-from sparsenas_jax.models.ops import avg_pool_3x3
 from sparsenas_jax.models.ops import BN_EPS
-from sparsenas_jax.models.ops import conv2d
 from sparsenas_jax.models.ops import conv_init
-from sparsenas_jax.models.ops import max_pool_3x3
+from sparsenas_jax.models.ops import window_counts
 
 # (kernel size, dilation, number of ReLU-depthwise-pointwise-BN blocks).
 _CONV_OPS = {
@@ -291,7 +295,7 @@ def pack_stage_params(stacked: Mapping[str, Any], *, ops: Sequence[str],
 
 # ----------------------------------------------------------------------------
 # Pure functions. Feature maps of several edges or sources are stacked on a
-# leading axis: [L, N, H, W, C].
+# leading axis, channels before the batch: [L, C, N, H, W].
 # ----------------------------------------------------------------------------
 
 
@@ -303,19 +307,19 @@ def _batch_norm(x: jax.Array) -> jax.Array:
   """``ops.batch_norm`` of each ``x[l]``: statistics over N, H, W per (l, c).
 
   Args:
-    x: ``[L, N, H, W, C]``.
+    x: ``[L, C, N, H, W]``.
 
   Returns:
     The normalised array, with the dtype of ``x``.
   """
   x32 = x.astype(jnp.float32)
-  mean = jnp.mean(x32, axis=(1, 2, 3), keepdims=True)
-  var = jnp.mean(jnp.square(x32 - mean), axis=(1, 2, 3), keepdims=True)
+  mean = jnp.mean(x32, axis=(2, 3, 4), keepdims=True)
+  var = jnp.mean(jnp.square(x32 - mean), axis=(2, 3, 4), keepdims=True)
   return ((x32 - mean) * lax.rsqrt(var + BN_EPS)).astype(x.dtype)
 
 
 def _batch_norms(arrays: Sequence[jax.Array]) -> list[jax.Array]:
-  """``_batch_norm`` of several ``[L_i, N, H, W, C]``, as one batch norm."""
+  """``_batch_norm`` of several ``[L_i, C, N, H, W]``, as one batch norm."""
   if len(arrays) <= 1:
     return [_batch_norm(a) for a in arrays]
   out = _batch_norm(jnp.concatenate(arrays))
@@ -326,38 +330,38 @@ def _shifted_products(x: jax.Array, kernel: jax.Array, stride: int,
                       dilation: int) -> jax.Array:
   """Depthwise convs as sums of K * K shifted, scaled copies of the input.
 
-  Computes ``ops.depthwise_conv2d(x[l], kernel[l])`` for every l (same
-  padding, same output) with elementwise ops only, which XLA fuses into one
-  loop: on XLA:CPU many times faster than ``lax.conv_general_dilated`` with
-  ``feature_group_count``.
+  Computes ``ops.depthwise_conv2d`` of ``x[l]`` with ``kernel[l]`` for every
+  l (same padding, same output) with elementwise ops only, which XLA fuses
+  into one loop: on XLA:CPU many times faster than
+  ``lax.conv_general_dilated`` with ``feature_group_count``.
 
   Args:
-    x: ``[L, N, H, W, C]``.
+    x: ``[L, C, N, H, W]``.
     kernel: ``[L, K, K, C]``, K odd.
     stride: spatial stride.
     dilation: kernel dilation.
 
   Returns:
-    ``[L, N, ceil(H/stride), ceil(W/stride), C]``.
+    ``[L, C, N, ceil(H/stride), ceil(W/stride)]``.
   """
   k = kernel.shape[1]
   pad = dilation * (k - 1) // 2
-  l, n, h, w, c = x.shape
+  l, c, n, h, w = x.shape
   ho, wo = _out_size(h, stride), _out_size(w, stride)
-  xp = jnp.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad), (0, 0)))
+  xp = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (pad, pad), (pad, pad)))
   # [K * K, L, C]: one slice per tap below (lax, not jnp: faster to trace).
   taps = jnp.transpose(kernel.astype(x.dtype), (1, 2, 0, 3)).reshape(
       k * k, l, c)
   out = None
   for a in range(k):
     for b in range(k):
-      start = (0, 0, a * dilation, b * dilation, 0)
-      limit = (l, n, start[2] + (ho - 1) * stride + 1,
-               start[3] + (wo - 1) * stride + 1, c)
-      shifted = lax.slice(xp, start, limit, (1, 1, stride, stride, 1))
+      start = (0, 0, 0, a * dilation, b * dilation)
+      limit = (l, c, n, start[3] + (ho - 1) * stride + 1,
+               start[4] + (wo - 1) * stride + 1)
+      shifted = lax.slice(xp, start, limit, (1, 1, 1, stride, stride))
       scale = lax.broadcast_in_dim(
           lax.index_in_dim(taps, a * k + b, keepdims=False), shifted.shape,
-          (0, 4))
+          (0, 1))
       term = lax.mul(shifted, scale)
       out = term if out is None else lax.add(out, term)
   return out
@@ -379,19 +383,19 @@ def _depthwise(x: jax.Array, kernel: jax.Array, stride: int, dilation: int
 
 
 def _pointwise(y: jax.Array, kernels: jax.Array) -> jax.Array:
-  """1x1 convs: ``y[l] @ kernels[l]``.
+  """1x1 convs: every pixel of ``y[l]`` times ``kernels[l]``.
 
   Args:
-    y: ``[L, N, H, W, C]``.
+    y: ``[L, C, N, H, W]``.
     kernels: ``[L, C, C_out]``.
 
   Returns:
-    ``[L, N, H, W, C_out]``.
+    ``[L, C_out, N, H, W]``.
   """
-  l, n, h, w, c = y.shape
-  out = jnp.einsum('lmc,lcd->lmd', y.reshape(l, n * h * w, c),
+  l, c, n, h, w = y.shape
+  out = jnp.einsum('lcm,lcd->ldm', y.reshape(l, c, n * h * w),
                    kernels.astype(y.dtype))
-  return out.reshape(l, n, h, w, -1)
+  return out.reshape(l, -1, n, h, w)
 
 
 def _conv_block(x: jax.Array, members: Sequence[str], packed, *,
@@ -399,15 +403,15 @@ def _conv_block(x: jax.Array, members: Sequence[str], packed, *,
   """ReLU, depthwise, pointwise of several conv ops, before batch norm.
 
   Args:
-    x: ``[E, N, H, W, C]``, the input of every op (``shared_input``), or
-      ``[M * E, N, H, W, C]``, ordered (op, edge).
+    x: ``[E, C, N, H, W]``, the input of every op (``shared_input``), or
+      ``[M * E, C, N, H, W]``, ordered (op, edge).
     members: the M ops, in the order of the packed params.
     packed: ``{'depthwise': ..., 'pointwise': ...}`` of ``_pack_block``.
     shared_input: whether every op reads the same ``x``.
     stride: stride of the depthwise convs.
 
   Returns:
-    ``[M * E, N, H', W', C]``, ordered (op, edge).
+    ``[M * E, C, N, H', W']``, ordered (op, edge).
   """
   x = nn.relu(x)
   e = x.shape[0] if shared_input else x.shape[0] // len(members)
@@ -418,27 +422,66 @@ def _conv_block(x: jax.Array, members: Sequence[str], packed, *,
   return _pointwise(y, packed['pointwise'])
 
 
+def _even_odd(x: jax.Array) -> jax.Array:
+  """The pixels FactorizedReduce's two 1x1 stride-2 convs read.
+
+  Args:
+    x: ``[..., H, W]``.
+
+  Returns:
+    ``[2, ..., ceil(H/2), ceil(W/2)]``: the even pixels, and the odd ones
+    (zero past the edge when H or W is odd).
+  """
+  h, w = x.shape[-2:]
+  odd = jnp.pad(x[..., 1:, 1:],
+                ((0, 0),) * (x.ndim - 2) + ((0, h % 2), (0, w % 2)))
+  return jnp.stack([x[..., ::2, ::2], odd[..., ::2, ::2]])
+
+
+def _pool_1d(x: jax.Array, axis: int, stride: int, reduce, fill) -> jax.Array:
+  """A 3-wide window of ``reduce`` along ``axis``, padding 1 with ``fill``."""
+  out = _out_size(x.shape[axis], stride)
+  pads = [(0, 0)] * x.ndim
+  pads[axis] = (1, 1)
+  xp = jnp.pad(x, pads, constant_values=fill)
+  taps = [lax.slice_in_dim(xp, d, d + (out - 1) * stride + 1, stride, axis)
+          for d in range(3)]
+  return reduce(reduce(taps[0], taps[1]), taps[2])
+
+
+def _max_pool(x: jax.Array, stride: int) -> jax.Array:
+  """``ops.max_pool_3x3`` over the last two axes of ``[..., H, W]``."""
+  rows = _pool_1d(x, x.ndim - 2, stride, lax.max, -np.inf)
+  return _pool_1d(rows, x.ndim - 1, stride, lax.max, -np.inf)
+
+
+def _avg_pool(x: jax.Array, stride: int) -> jax.Array:
+  """``ops.avg_pool_3x3`` (padding not counted) over ``[..., H, W]``."""
+  h, w = x.shape[-2:]
+  rows = _pool_1d(x, x.ndim - 2, stride, lax.add, 0)
+  total = _pool_1d(rows, x.ndim - 1, stride, lax.add, 0)
+  counts = np.outer(window_counts(h, stride), window_counts(w, stride))
+  return total * jnp.asarray(1 / counts, x.dtype)
+
+
 def _factorized_reduce(x: jax.Array, kernels: jax.Array) -> jax.Array:
   """FactorizedReduce on every edge of a stage, before batch norm.
 
   Args:
-    x: ``[S, N, H, W, C]``, the sources.
+    x: ``[S, C, N, H, W]``, the sources.
     kernels: ``[2, S, T, C, C // 2]``, the packed ``kernel_0``, ``kernel_1``.
 
   Returns:
-    ``[S * T, N, ceil(H/2), ceil(W/2), C]``, ordered (s, t).
+    ``[S * T, C, N, ceil(H/2), ceil(W/2)]``, ordered (s, t).
   """
-  s, n, h, w, c = x.shape
+  s, c, n, _, _ = x.shape
   t = kernels.shape[2]
-  r = nn.relu(x)
-  # The 1x1 stride-2 convs read the even pixels and the odd ones.
-  odd = jnp.pad(r[:, :, 1:, 1:],
-                ((0, 0), (0, 0), (0, h % 2), (0, w % 2), (0, 0)))
-  z = jnp.stack([r[:, :, ::2, ::2], odd[:, :, ::2, ::2]])
-  ho, wo = z.shape[3:5]
-  z = z.reshape(2, s, n * ho * wo, c)
-  out = jnp.einsum('qsmc,qstcd->stmqd', z, kernels.astype(x.dtype))
-  return out.reshape(s * t, n, ho, wo, c)
+  z = _even_odd(nn.relu(x))
+  ho, wo = z.shape[-2:]
+  z = z.reshape(2, s, c, n * ho * wo)
+  # Output channels: kernel_0's, then kernel_1's (FactorizedReduce's concat).
+  out = jnp.einsum('qscm,qstcd->stqdm', z, kernels.astype(x.dtype))
+  return out.reshape(s * t, c, n, ho, wo)
 
 
 def preprocess(s0: jax.Array, s1: jax.Array, p0, p1, *,
@@ -454,18 +497,20 @@ def preprocess(s0: jax.Array, s1: jax.Array, p0, p1, *,
     reduction_prev: whether H0 = 2 H.
 
   Returns:
-    ``[2, N, H, W, C]``: preprocessed s0 and s1.
+    ``[2, C, N, H, W]``: preprocessed s0 and s1, channels first.
   """
+  def conv_1x1(x, kernel):  # [C_in, N, H, W] -> [C, N, H, W]
+    return jnp.einsum('cnhw,cd->dnhw', x, kernel[0, 0].astype(x.dtype))
+
+  s0 = jnp.transpose(nn.relu(s0), (3, 0, 1, 2))
+  s1 = jnp.transpose(nn.relu(s1), (3, 0, 1, 2))
   if reduction_prev:
-    r = nn.relu(s0)
-    _, h, w, _ = r.shape
-    shifted = jnp.pad(r[:, 1:, 1:], ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
-    y0 = jnp.concatenate([conv2d(r, p0['kernel_0'], stride=2),
-                          conv2d(shifted, p0['kernel_1'], stride=2)], axis=-1)
+    even, odd = _even_odd(s0)
+    y0 = jnp.concatenate([conv_1x1(even, p0['kernel_0']),
+                          conv_1x1(odd, p0['kernel_1'])])
   else:
-    y0 = conv2d(nn.relu(s0), p0['kernel'])
-  y1 = conv2d(nn.relu(s1), p1['kernel'])
-  return _batch_norm(jnp.stack([y0, y1]))
+    y0 = conv_1x1(s0, p0['kernel'])
+  return _batch_norm(jnp.stack([y0, conv_1x1(s1, p1['kernel'])]))
 
 
 def stage(x: jax.Array, weights: jax.Array, packed, *, stride: int,
@@ -473,7 +518,7 @@ def stage(x: jax.Array, weights: jax.Array, packed, *, stride: int,
   """All edges leaving S sources, summed per target node.
 
   Args:
-    x: ``[S, N, H, W, C]``, the sources.
+    x: ``[S, C, N, H, W]``, the sources.
     weights: ``[S, T, len(ops)]``: ``weights[s, t]`` is the arch row of the
       edge from source s to target t.
     packed: the edges' params, ``pack_stage_params``.
@@ -481,14 +526,14 @@ def stage(x: jax.Array, weights: jax.Array, packed, *, stride: int,
     ops: op names.
 
   Returns:
-    ``[T, N, H', W', C]``: target t gets ``Σ_s Σ_o weights[s, t, o]
+    ``[T, C, N, H', W']``: target t gets ``Σ_s Σ_o weights[s, t, o]
     op_o(x[s])`` with the params of edge (s, t).
 
   References:
     Wu et al. 2021, Eq. 1.
   """
   s_count, t_count = weights.shape[:2]
-  _, n, h, w, c = x.shape
+  _, c, n, h, w = x.shape
   ho, wo = _out_size(h, stride), _out_size(w, stride)
   weights = weights.astype(x.dtype)
   op_index = {op: o for o, op in enumerate(ops)}
@@ -498,11 +543,8 @@ def stage(x: jax.Array, weights: jax.Array, packed, *, stride: int,
   sep = [op for op in members if _CONV_OPS[op][2] == 2]
   factorized = 'skip_connect' in ops and stride == 2
 
-  pre_bn = []
-  for op in pools:
-    pool = max_pool_3x3 if op == 'max_pool_3x3' else avg_pool_3x3
-    pre_bn.append(pool(x.reshape(s_count * n, h, w, c), stride).reshape(
-        s_count, n, ho, wo, c))
+  pre_bn = [(_max_pool if op == 'max_pool_3x3' else _avg_pool)(x, stride)
+            for op in pools]
   if factorized:
     pre_bn.append(_factorized_reduce(x, packed['factorized_reduce']))
   if members:
@@ -512,10 +554,10 @@ def stage(x: jax.Array, weights: jax.Array, packed, *, stride: int,
                               stride=stride))
   normed = _batch_norms(pre_bn)
 
-  def mix(y, names, num_targets):  # -> [T, N H' W', C]
+  def mix(y, names, num_targets):  # -> [T, C, N H' W']
     # Rank 5 at most: XLA:CPU (jax 0.10.2) crashes on some reductions of
     # rank-7 arrays.
-    y = y.reshape(len(names), s_count, num_targets, n * ho * wo, c)
+    y = y.reshape(len(names), s_count, num_targets, c, n * ho * wo)
     a = jnp.stack([weights[:, :, op_index[op]] for op in names])
     return jnp.sum(y * a[..., None, None], axis=(0, 1))
 
@@ -541,7 +583,7 @@ def stage(x: jax.Array, weights: jax.Array, packed, *, stride: int,
       terms.append(mix(block_1, sep, t_count))
     if len(members) > len(sep):
       terms.append(mix(block_0[split:], members[len(sep):], t_count))
-  return sum(terms[1:], terms[0]).reshape(t_count, n, ho, wo, c)
+  return sum(terms[1:], terms[0]).reshape(t_count, c, n, ho, wo)
 
 
 def cell_nodes(x: jax.Array, weights: Mapping[str, jax.Array],
@@ -550,7 +592,7 @@ def cell_nodes(x: jax.Array, weights: Mapping[str, jax.Array],
   """The intermediate nodes of a search cell, computed stage by stage.
 
   Args:
-    x: ``[2, N, H, W, C]``, the two preprocessed cell inputs.
+    x: ``[2, C, N, H, W]``, the two preprocessed cell inputs.
     weights: ``{f'node_{j}': [j + 2, len(ops)]}``, one cell type of the arch.
     stage_params: per stage, ``{op: op_params}`` with a leading axis over the
       stage's edges (``stage_edges``).
@@ -566,7 +608,7 @@ def cell_nodes(x: jax.Array, weights: Mapping[str, jax.Array],
   """
   ops = tuple(ops)
   outputs = []
-  partial = None  # [nodes not yet complete, N, H', W', C]
+  partial = None  # [nodes not yet complete, C, N, H', W']
   for k, (edges, params) in enumerate(zip(stage_edges(nodes), stage_params)):
     rows = jnp.stack([jnp.stack([weights[f'node_{j}'][i] for i, j in row])
                       for row in edges])
@@ -578,4 +620,4 @@ def cell_nodes(x: jax.Array, weights: Mapping[str, jax.Array],
     partial = out if partial is None else partial + out
     outputs.append(partial[0])
     partial = partial[1:]
-  return jnp.concatenate(outputs, axis=-1)
+  return jnp.transpose(jnp.concatenate(outputs), (1, 2, 3, 0))

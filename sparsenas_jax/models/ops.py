@@ -143,7 +143,7 @@ def max_pool_3x3(x: jax.Array, stride: int = 1) -> jax.Array:
   return lax.reduce_window(x, init, lax.max, **_pool_args(stride))
 
 
-def _window_counts(size: int, stride: int) -> np.ndarray:
+def window_counts(size: int, stride: int) -> np.ndarray:
   """Number of in-bounds positions of each 3-wide, padding-1 window."""
   starts = np.arange(0, size, stride) - 1
   return (np.minimum(starts + 3, size) - np.maximum(starts, 0)).astype(
@@ -166,8 +166,8 @@ def avg_pool_3x3(x: jax.Array, stride: int = 1) -> jax.Array:
   total = lax.reduce_window(x, np.array(0, x.dtype), lax.add,
                             **_pool_args(stride))
   # The counts depend on shapes only: a constant, built at trace time.
-  counts = np.outer(_window_counts(x.shape[1], stride),
-                    _window_counts(x.shape[2], stride))
+  counts = np.outer(window_counts(x.shape[1], stride),
+                    window_counts(x.shape[2], stride))
   return total * jnp.asarray(1 / counts[None, :, :, None], x.dtype)
 
 
