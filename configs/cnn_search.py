@@ -32,9 +32,8 @@ def get_config(arg=None):
   c.nodes = 4
   c.ops = DARTS_OPS
   # auto: 'stacked' (shifted-product depthwise convs, params stacked per
-  # stage) on CPU, 'reference'
-  # (lax grouped convs, native on cuDNN / TPU) elsewhere; or force one of
-  # batched | stacked | reference.
+  # stage) on CPU, 'reference' (lax grouped convs, native on cuDNN / TPU)
+  # elsewhere; or force one of batched | stacked | reference.
   c.cell_impl = 'auto'
   c.remat = False             # recompute each cell in the backward pass
   c.arch_init_scale = 0.0     # A init mean; 0 = 1/len(ops) (see init_arch)

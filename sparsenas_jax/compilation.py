@@ -4,7 +4,7 @@ Steps compile once, ahead of time (``compile_step``) or on their first call
 (``LazyCompiled``), so that the compile time is measured and reported apart
 from the step time.
 
-On XLA:CPU every program is compiled with ``CPU_OPTIONS``:
+On XLA:CPU the steps compiled here are compiled with ``CPU_OPTIONS``:
 
 * YNNPACK fusions for dots only. jaxlib 0.10's default also hands
   reductions to YNNPACK, which cannot fuse the producer of a reduction's
@@ -53,7 +53,7 @@ def compiler_options(cpu_fast_compile: bool = False
 
 
 def compile_step(fn: Callable[..., Any], args: Sequence[Any], *,
-                 cpu_fast_compile: bool = True,
+                 cpu_fast_compile: bool = False,
                  donate: Sequence[int] = ()) -> tuple[Any, float]:
   """``jax.jit(fn)`` lowered and compiled for ``args``; returns (compiled, s).
 
@@ -102,7 +102,7 @@ class LazyCompiled:
     donate: as in ``compile_step``.
   """
 
-  def __init__(self, fn: Callable[..., Any], *, cpu_fast_compile: bool = True,
+  def __init__(self, fn: Callable[..., Any], *, cpu_fast_compile: bool = False,
                donate: Sequence[int] = ()):
     self._fn, self._donate = fn, tuple(donate)
     self._cpu_fast_compile = cpu_fast_compile

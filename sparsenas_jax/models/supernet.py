@@ -62,9 +62,10 @@ def default_cell_impl(backend: Optional[str] = None) -> str:
 
   XLA:CPU runs grouped (depthwise) convolutions many times slower than the
   batched cell's shifted products, and the stacked parameter layout has a
-  third of the leaves (DARTS search size, measured: time to first step
-  285 s vs 332 s with per-edge leaves, the same step time; the
-  straightforward cell: 20 s per loss gradient vs 11 s). cuDNN and the TPU
+  third of the leaves (DARTS search size, measured before the batched cell
+  went channels-first: time to first step 285 s vs 332 s with per-edge
+  leaves, the same step time; the straightforward cell: 20 s per loss
+  gradient vs 11 s). cuDNN and the TPU
   convolution units run depthwise convolutions natively, so there the
   straightforward cell, one ``lax.conv_general_dilated`` per depthwise
   conv, is the better choice.
