@@ -8,8 +8,10 @@
 
 Every combination of --modes × --batch × --cells × --nodes runs in its own
 subprocess (so that its peak resident memory is its own, and its compile
-time is not helped by another's in-process caches; no persistent cache
-unless --cache_dir). Per run: compile_s (tracing and compiling every program
+time is not helped by another's in-process caches; no on-disk cache unless
+--cache_dir: then the job's caches, JAX's persistent compilation cache and
+the ``ExecutableStore`` under ``<cache_dir>/executables``, as a rerun of a
+search would have them; run twice to time a warm start). Per run: compile_s (tracing and compiling every program
 of the step, i.e. the time to first step less one step), first_step_s,
 step_s (median of --steps steps after the first), images_per_s (images of
 the weight batch per second), peak_rss_gb, and, from XLA's cost analysis,
@@ -63,8 +65,12 @@ def measure(args):
   config.hypergradient = args.mode
   config.step_compilation = args.step_compilation
   config.remat = bool(args.remat)
+  store = None
   if args.cache_dir:
     compilation.enable_compilation_cache(args.cache_dir)
+    store = compilation.ExecutableStore(
+        os.path.join(args.cache_dir, 'executables'),
+        salt=(config.to_json(sort_keys=True), str(args.batch)))
   mesh = parallel.make_mesh(0)
   model = cs.make_model(config, 10)
   shape = (args.batch, args.image_size, args.image_size, 3)
@@ -83,14 +89,15 @@ def measure(args):
   mean, std = jnp.full((3,), 0.5), jnp.full((3,), 0.25)
   split = args.step_compilation == 'split'
   step = cs.make_search_step(config, model, weight_opt, arch_opt, 1000, mean,
-                             std, split=split)
+                             std, split=split, store=store)
   key = jax.random.key(0)
   if split:
     run, compile_s, flops = step, None, None
   else:
     run, compile_s = compilation.compile_step(
         step, (state, batch(), batch(), key),
-        cpu_fast_compile=config.cpu_fast_compile)
+        cpu_fast_compile=config.cpu_fast_compile, store=store,
+        name='search_step')
     flops = compilation.program_flops(run)
   times = []
   for i in range(args.steps + 1):
@@ -122,6 +129,8 @@ def measure(args):
       'peak_rss_gb': round(resource.getrusage(
           resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
   }
+  if store is not None:
+    result['programs_loaded'] = store.loaded
   if split:
     result['compile_s_per_program'] = {
         name: round(p.compile_s, 2) for name, p in step.pieces.items()

@@ -17,7 +17,7 @@ References:
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -50,10 +50,20 @@ class Derivatives(NamedTuple):
     val_grads: ``(w, A, batch) -> (L_val, ∇_w L_val, ∇_A L_val)``.
     mixed_product: ``(w, A, v, batch) -> ∇²_{A,w} L_train(w, A) v``, the
       directional derivative of w ↦ ∇_A L_train(w, A) along v (exact mode).
+    train_arch_grads: ``(w, A, batch) -> (L_train, ∇_A L_train)``, for the
+      calls that need no ∇_w (the finite-difference points); None: taken
+      from ``train_grads``. Separately compiled, a reverse pass without the
+      weight gradients does about a third less work.
+    val_arch_grads: ``(w, A, batch) -> (L_val, ∇_A L_val)``, likewise (the
+      first-order mode); None: taken from ``val_grads``.
   """
   train_grads: Callable[[Any, Any, Any], tuple[jax.Array, Any, Any]]
   val_grads: Callable[[Any, Any, Any], tuple[jax.Array, Any, Any]]
   mixed_product: Callable[[Any, Any, Any, Any], Any]
+  train_arch_grads: Optional[Callable[[Any, Any, Any],
+                                      tuple[jax.Array, Any]]] = None
+  val_arch_grads: Optional[Callable[[Any, Any, Any],
+                                    tuple[jax.Array, Any]]] = None
 
 
 def _loss_and_grads(loss: LossFn):
@@ -61,6 +71,16 @@ def _loss_and_grads(loss: LossFn):
     value, (g_w, g_a) = jax.value_and_grad(loss, argnums=(0, 1))(w, a, batch)
     return value, g_w, g_a
   return loss_and_grads
+
+
+def _arch_grads(arch_grads, grads):
+  """``arch_grads``, or (L, ∇_A L) taken from ``grads``' (L, ∇_w L, ∇_A L)."""
+  if arch_grads is not None:
+    return arch_grads
+  def from_grads(w, a, batch):
+    value, _, g_a = grads(w, a, batch)
+    return value, g_a
+  return from_grads
 
 
 def _mixed_product(loss: LossFn):
@@ -132,7 +152,8 @@ def split_hypergradient(derivatives: Derivatives, weights, arch, train_batch,
         f'mode must be one of {", ".join(repr(m) for m in MODES)}; '
         f'got {mode!r}.')
   if mode == 'first_order':
-    value, _, g = derivatives.val_grads(weights, arch, val_batch)
+    value, g = _arch_grads(derivatives.val_arch_grads, derivatives.val_grads)(
+        weights, arch, val_batch)
     return jax.tree.map(lambda gi, a: gi.astype(a.dtype), g, arch), value
   _, grad_w, _ = derivatives.train_grads(weights, arch, train_batch)
   w_new = unroll(weights, grad_w, eta, momentum, momentum_buffer,
@@ -143,8 +164,10 @@ def split_hypergradient(derivatives: Derivatives, weights, arch, train_batch,
     hvp = derivatives.mixed_product(weights, arch, v, train_batch)
     return _combine(g_val, hvp, None, 0.0, eta, arch), value
   w_plus, w_minus, eps = _difference_points(weights, v)
-  _, _, g_plus = derivatives.train_grads(w_plus, arch, train_batch)
-  _, _, g_minus = derivatives.train_grads(w_minus, arch, train_batch)
+  arch_grads = _arch_grads(derivatives.train_arch_grads,
+                           derivatives.train_grads)
+  _, g_plus = arch_grads(w_plus, arch, train_batch)
+  _, g_minus = arch_grads(w_minus, arch, train_batch)
   return _combine(g_val, g_plus, g_minus, eps, eta, arch), value
 
 

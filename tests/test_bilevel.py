@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from sparsenas_jax import bilevel
 from sparsenas_jax.bilevel import darts_hypergradient
 
 MODES = ('exact', 'finite_difference', 'first_order')
@@ -269,6 +270,42 @@ def test_float32_keeps_dtypes_and_agrees_with_float64():
                cast(val_batch), **kwargs | {'momentum_buffer': cast(buf)})
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(g32))
   assert _rel_err(g32, g64) < 1e-4
+
+
+@pytest.mark.parametrize('mode', MODES)
+def test_split_hypergradient_uses_arch_only_gradients(x64, mode):
+  """Given ∇_A-only derivatives, the split assembly calls them where no ∇_w
+  is needed (first order: the validation gradient; finite differences: the
+  two points) and gets darts_hypergradient's numbers."""
+  del x64
+  weights, arch, buf, train_batch, val_batch = _problem()
+  kwargs = dict(eta=0.2, mode=mode, momentum=0.9, momentum_buffer=buf,
+                weight_decay=3e-2)
+  full = bilevel.autodiff_derivatives(_loss, _loss)
+  calls = {'train': 0, 'val': 0, 'full': 0}
+
+  def counted(fn, name):
+    def wrapped(*args):
+      calls[name] += 1
+      return fn(*args)
+    return wrapped
+
+  arch_only = lambda name: counted(
+      jax.value_and_grad(_loss, argnums=1), name)
+  derivatives = bilevel.Derivatives(
+      counted(full.train_grads, 'full'), counted(full.val_grads, 'full'),
+      full.mixed_product, train_arch_grads=arch_only('train'),
+      val_arch_grads=arch_only('val'))
+  g, value = bilevel.split_hypergradient(
+      derivatives, weights, arch, train_batch, val_batch, **kwargs)
+  expected, expected_value = darts_hypergradient(
+      _loss, _loss, weights, arch, train_batch, val_batch,
+      return_val_loss=True, **kwargs)
+  np.testing.assert_allclose(_flat(g), _flat(expected), rtol=1e-12)
+  np.testing.assert_allclose(value, expected_value, rtol=1e-12)
+  assert calls == {'exact': {'train': 0, 'val': 0, 'full': 2},
+                   'finite_difference': {'train': 2, 'val': 0, 'full': 2},
+                   'first_order': {'train': 0, 'val': 1, 'full': 0}}[mode]
 
 
 def test_unknown_mode_raises():

@@ -87,6 +87,11 @@ def test_killed_run_resumes_to_the_same_architecture(runs):
     np.testing.assert_array_equal(a[k], b[k])
   assert ((full / 'genotype.json').read_text() ==
           (killed / 'genotype.json').read_text())
+  # The resumed run loaded the programs the first run stored (same config,
+  # same cache) instead of tracing them, and computed the same numbers.
+  loaded = lambda run: json.loads(
+      (run / 'search_results.json').read_text())['programs_loaded']
+  assert loaded(full) == 0 and loaded(killed) >= 3
 
 
 def test_search_derive_train_end_to_end(runs, tmp_path):

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from sparsenas_jax import compilation
 
@@ -38,3 +39,56 @@ def test_lazy_compiled_compiles_once_and_counts():
   lazy(2 * x)
   assert lazy.calls == 2 and lazy.compile_s == first > 0
   assert lazy.flops == 2 * 4 ** 3
+
+
+def test_executable_store_loads_without_tracing(tmp_path):
+  traced = []
+
+  def make_f():  # a new function object: jax's in-memory caches miss
+    def f(x, y):
+      traced.append(1)  # runs only when jax traces f
+      return jnp.tanh(x) @ y
+    return f
+
+  rng = np.random.default_rng(0)
+  x, y = (jnp.asarray(rng.normal(size=(8, 8)), jnp.float32) for _ in range(2))
+  first = compilation.ExecutableStore(str(tmp_path), salt=['run'])
+  compiled, _ = compilation.compile_step(make_f(), (x, y), store=first,
+                                         name='f')
+  assert first.saved == 1 and len(traced) == 1
+
+  again = compilation.ExecutableStore(str(tmp_path), salt=['run'])
+  lazy = compilation.LazyCompiled(make_f(), store=again, name='f')
+  np.testing.assert_array_equal(lazy(x, y), compiled(x, y))
+  assert again.loaded == 1 and len(traced) == 1  # not traced again
+  assert lazy.flops == compilation.program_flops(compiled)
+
+  # Another salt, name, shape or sharding is another program.
+  keys = {first.key('f', (x, y)), first.key('g', (x, y)),
+          first.key('f', (x, y[:4])), first.key('f', (x, y), donate=(0,)),
+          compilation.ExecutableStore(str(tmp_path), ['other']).key(
+              'f', (x, y))}
+  assert len(keys) == 5
+  miss = compilation.ExecutableStore(str(tmp_path), salt=['other'])
+  compilation.compile_step(make_f(), (x, y), store=miss, name='f')
+  assert miss.loaded == 0 and len(traced) == 2
+
+
+def test_executable_store_recompiles_a_damaged_file(tmp_path):
+  x = jnp.arange(4.0)
+  store = compilation.ExecutableStore(str(tmp_path))
+  compilation.compile_step(jnp.sin, (x,), store=store, name='sin')
+  (path,) = tmp_path.iterdir()
+  path.write_bytes(path.read_bytes()[:100])  # e.g. a full disk
+  again = compilation.ExecutableStore(str(tmp_path))
+  compiled, _ = compilation.compile_step(jnp.sin, (x,), store=again,
+                                         name='sin')
+  np.testing.assert_allclose(compiled(x), np.sin(np.arange(4.0)), rtol=1e-6)
+  assert again.loaded == 0 and again.saved == 1
+  assert compilation.ExecutableStore(str(tmp_path)).load(path.name)
+
+
+def test_compile_step_with_a_store_needs_a_name(tmp_path):
+  store = compilation.ExecutableStore(str(tmp_path))
+  with pytest.raises(ValueError, match='name='):
+    compilation.compile_step(jnp.sin, (jnp.ones(2),), store=store)

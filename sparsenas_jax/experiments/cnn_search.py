@@ -243,21 +243,24 @@ def _loss_and_logits(model, weights, arch, batch):
 
 
 def make_search_step(config, model, weight_opt, arch_opt, total_steps,
-                     mean, std, *, split: bool = False):
+                     mean, std, *, split: bool = False, store=None):
   """The search step (Alg. 1): architecture update, then weights.
 
   Returns ``step(state, train_batch, val_batch, key) -> (state, metrics)``,
   a pure function. With ``split=False`` it is meant to be jitted whole, as
   one XLA program. With ``split=True`` it is plain Python calling separately
   compiled programs (``compilation.LazyCompiled``, compiled on the first
-  step): the loss gradients (one program, called two to five times per step
-  depending on the hypergradient mode), the mixed second derivative of the
-  exact mode, and small programs for augmentation and the two optimizer
-  updates. The same arithmetic; on XLA:CPU, where compile time grows
-  super-linearly with program size, a supernet's whole second-order step
-  compiles several times slower than its pieces, and peak memory is that of
-  the largest piece. ``step.pieces`` holds the programs (their
-  ``compile_s``).
+  step, and only those the hypergradient mode calls): the loss gradients
+  (``grads``: ∇_w and ∇_A, called one to three times per step), the
+  architecture gradient alone (``arch_grads``, about a third cheaper: the
+  first-order architecture step and the two finite-difference points), the
+  mixed second derivative of the exact mode, and small programs for
+  augmentation and the two optimizer updates. The same arithmetic; on
+  XLA:CPU, where compile time grows super-linearly with program size, a
+  supernet's whole second-order step compiles several times slower than its
+  pieces, and peak memory is that of the largest piece. ``step.pieces`` holds the programs (their
+  ``compile_s``); with a ``compilation.ExecutableStore`` as ``store`` they
+  are loaded from there when it has them.
   """
   lr_schedule = weight_schedule(config, total_steps)
   pad = config.crop_padding
@@ -277,6 +280,11 @@ def make_search_step(config, model, weight_opt, arch_opt, total_steps,
         has_aux=True)(weights, arch, batch)
     return loss, jnp.mean(jnp.argmax(logits, -1) == batch['label']), g_w, g_a
 
+  def arch_grads(weights, arch, batch):
+    """(loss, ∇_A loss): no weight gradients (first order, FD points)."""
+    return jax.value_and_grad(
+        lambda a: _loss_and_logits(model, weights, a, batch)[0])(arch)
+
   def arch_update(arch_grad, arch_opt_state, arch):
     updates, arch_opt_state = arch_opt.update(arch_grad, arch_opt_state, arch)
     return optax.apply_updates(arch, updates), arch_opt_state
@@ -294,17 +302,19 @@ def make_search_step(config, model, weight_opt, arch_opt, total_steps,
   train_loss = lambda w, a, batch: _loss_and_logits(model, w, a, batch)[0]
   mixed_product = bilevel.autodiff_derivatives(
       train_loss, train_loss).mixed_product
-  pieces = {'augment': augment, 'grads': grads,
+  pieces = {'augment': augment, 'grads': grads, 'arch_grads': arch_grads,
             'mixed_product': mixed_product, 'arch_update': arch_update,
             'weight_update': weight_update}
   if split:
     pieces = {name: compilation.LazyCompiled(
-        fn, cpu_fast_compile=config.cpu_fast_compile)
+        fn, cpu_fast_compile=config.cpu_fast_compile, store=store, name=name)
               for name, fn in pieces.items()}
   loss_grads = lambda w, a, batch: (lambda r: (r[0], r[2], r[3]))(
       pieces['grads'](w, a, batch))
-  derivatives = bilevel.Derivatives(loss_grads, loss_grads,
-                                    pieces['mixed_product'])
+  derivatives = bilevel.Derivatives(
+      loss_grads, loss_grads, pieces['mixed_product'],
+      train_arch_grads=pieces['arch_grads'],
+      val_arch_grads=pieces['arch_grads'])
 
   def step(state: SearchState, train_batch, val_batch, key):
     train_batch, val_batch = pieces['augment'](key, train_batch, val_batch)
@@ -397,10 +407,13 @@ def run(config: ml_collections.ConfigDict, workdir: str):
                supernet.count_params(state.weights),
                supernet.count_params(state.arch), steps_per_epoch)
 
+  store = common.executable_store(
+      config, workdir, search_data.mean.tolist(), search_data.std.tolist(),
+      search_data.num_classes, total_steps)
   mean, std = jnp.asarray(search_data.mean), jnp.asarray(search_data.std)
   split = config.step_compilation == 'split'
   step_fn = make_search_step(config, model, weight_opt, arch_opt, total_steps,
-                             mean, std, split=split)
+                             mean, std, split=split, store=store)
   batch_of = lambda split, seed, step: parallel.shard_batch(
       dict(zip(('image', 'label'),
                data.batch_at(split, config.batch_size, seed, step))), mesh)
@@ -413,14 +426,14 @@ def run(config: ml_collections.ConfigDict, workdir: str):
                jax.random.fold_in(base_key, first))
     search_step, compile_s = compilation.compile_step(
         step_fn, example, cpu_fast_compile=config.cpu_fast_compile,
-        donate=(0,))
+        donate=(0,), store=store, name='search_step')
   eval_step, eval_compile_s = compilation.compile_step(
       make_eval_step(model, mean, std),
       (state.weights, state.arch, batch_of(search_data.test, 0, 0)),
-      cpu_fast_compile=config.cpu_fast_compile)
+      cpu_fast_compile=config.cpu_fast_compile, store=store, name='eval_step')
   if compile_s is not None:
-    logging.info('compiled the search step in %.1f s, the eval step in %.1f '
-                 's', compile_s, eval_compile_s)
+    logging.info('compiled (or loaded) the search step in %.1f s, the eval '
+                 'step in %.1f s', compile_s, eval_compile_s)
 
   writer = MetricWriter(workdir)
   summary = {'compile_s': compile_s or 0.0, 'eval_compile_s': eval_compile_s}
@@ -436,14 +449,16 @@ def run(config: ml_collections.ConfigDict, workdir: str):
       compile_s = sum(p.compile_s for p in step_fn.pieces.values())
       summary['compile_s'] = compile_s
       logging.info(
-          'first search step in %.1f s, of which compiling %s; the eval step '
-          'compiled in %.1f s', time.perf_counter() - t_start, ', '.join(
+          'first search step in %.1f s, of which compiling (or loading) %s; '
+          'the eval step in %.1f s; %d of these programs loaded from %s',
+          time.perf_counter() - t_start, ', '.join(
               f'{name} {p.compile_s:.1f} s'
               for name, p in step_fn.pieces.items() if p.compile_s),
-          eval_compile_s)
+          eval_compile_s, store.loaded, store.directory)
       # Rates and ETA count from here, as after an ahead-of-time compile.
       t_epoch = t_start = time.perf_counter()
       first_run_step = step + 1
+    summary['programs_loaded'] = store.loaded
     if (step + 1) % steps_per_epoch and step + 1 != total_steps:
       continue
     epoch = (step + 1) // steps_per_epoch

@@ -354,15 +354,24 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   batch_of = lambda step: parallel.shard_batch(train_data.train_batch(step),
                                                mesh)
   first = int(state.step)
+  # The genotype may come from a file: its text is part of the key.
+  store = common.executable_store(
+      config, workdir, genotype.to_json(), np.asarray(train_data.mean).tolist(),
+      np.asarray(train_data.std).tolist(), train_data.num_classes,
+      steps_per_epoch)
   train_step, compile_s = compilation.compile_step(
       make_train_step(config, model, optimizer, steps_per_epoch, mean, std),
       (state, batch_of(first), jax.random.fold_in(base_key, first)),
-      cpu_fast_compile=config.cpu_fast_compile, donate=(0,))
+      cpu_fast_compile=config.cpu_fast_compile, donate=(0,), store=store,
+      name='train_step')
   eval_step, eval_compile_s = compilation.compile_step(
       make_eval_step(model, mean, std),
       (state.params, state.batch_stats, parallel.shard_batch(
           _padded(train_data.test_slice(0, 1), config.batch_size), mesh)),
-      cpu_fast_compile=config.cpu_fast_compile)
+      cpu_fast_compile=config.cpu_fast_compile, store=store, name='eval_step')
+  if store.loaded:
+    logging.info('loaded %d compiled programs from %s', store.loaded,
+                 store.directory)
   logging.info('compiled the train step in %.1f s, the eval step in %.1f s',
                compile_s, eval_compile_s)
 

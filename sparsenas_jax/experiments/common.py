@@ -21,9 +21,21 @@ def start_job(config, workdir: str) -> jax.sharding.Mesh:
   mesh = parallel.make_mesh(config.num_devices)
   parallel.check_batch_size(config.batch_size, mesh)
   os.makedirs(workdir, exist_ok=True)
-  compilation.enable_compilation_cache(
-      config.compilation_cache_dir or os.path.join(workdir, 'jax_cache'))
+  compilation.enable_compilation_cache(_cache_dir(config, workdir))
   return mesh
+
+
+def _cache_dir(config, workdir: str) -> str:
+  return config.compilation_cache_dir or os.path.join(workdir, 'jax_cache')
+
+
+def executable_store(config, workdir: str, *salt) -> compilation.ExecutableStore:
+  """The job's compiled steps on disk (``<cache dir>/executables``), keyed
+  by the whole config and ``salt`` (what else the steps close over, e.g.
+  data statistics), on top of what ``ExecutableStore`` covers itself."""
+  return compilation.ExecutableStore(
+      os.path.join(_cache_dir(config, workdir), 'executables'),
+      salt=(config.to_json(sort_keys=True), *map(repr, salt)))
 
 
 def as_float(images: jax.Array) -> jax.Array:
