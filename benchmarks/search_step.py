@@ -9,9 +9,8 @@
 Every combination of --modes × --batch × --cells × --nodes runs in its own
 subprocess (so that its peak resident memory is its own, and its compile
 time is not helped by another's in-process caches; no on-disk cache unless
---cache_dir: then the job's caches, JAX's persistent compilation cache and
-the ``ExecutableStore`` under ``<cache_dir>/executables``, as a rerun of a
-search would have them; run twice to time a warm start). Per run: compile_s (tracing and compiling every program
+--cache_dir: then the job's ``compilation.ExecutableStore`` there, as a
+rerun of a search would have it; run twice to time a warm start). Per run: compile_s (tracing and compiling every program
 of the step, i.e. the time to first step less one step), first_step_s,
 step_s (median of --steps steps after the first), images_per_s (images of
 the weight batch per second), peak_rss_gb, and, from XLA's cost analysis,
@@ -67,10 +66,8 @@ def measure(args):
   config.remat = bool(args.remat)
   store = None
   if args.cache_dir:
-    compilation.enable_compilation_cache(args.cache_dir)
     store = compilation.ExecutableStore(
-        os.path.join(args.cache_dir, 'executables'),
-        salt=(config.to_json(sort_keys=True), str(args.batch)))
+        args.cache_dir, salt=(config.to_json(sort_keys=True), str(args.batch)))
   mesh = parallel.make_mesh(0)
   model = cs.make_model(config, 10)
   shape = (args.batch, args.image_size, args.image_size, 3)

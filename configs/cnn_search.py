@@ -60,7 +60,7 @@ def get_config(arg=None):
   c.eval_every_epochs = 1
   c.num_devices = 0           # 0 = every local device
   c.multi_host = False        # jax.distributed.initialize() first
-  c.compilation_cache_dir = ''  # '' = <workdir>/jax_cache
+  c.compilation_cache_dir = ''  # compiled steps; '' = <workdir>/jax_cache
   # XLA:CPU backend optimisation level 0: compiles ~2-3x faster, but the
   # unoptimised loops run several times slower at full size; worth it
   # only for tiny networks (the digits variant).

@@ -4,18 +4,20 @@ Steps compile once, ahead of time (``compile_step``) or on their first call
 (``LazyCompiled``), so that the compile time is measured and reported apart
 from the step time.
 
-Two on-disk caches make a rerun or a resumed run start fast:
+A job's steps are kept on disk (``ExecutableStore``): serialised whole after
+their first compile and loaded by a rerun or a resumed run *without tracing
+or lowering* (a supernet's loss gradient takes about 40 s to trace and lower
+before XLA even starts). Keyed by the program's name, the abstract
+signature of its arguments, and a salt that covers everything else the
+traced function depends on: this package's source, the jax/jaxlib versions,
+the devices, the compiler options and flags, and what the job adds (its
+config, data constants).
 
-* ``ExecutableStore``: a job's steps, serialised whole after their first
-  compile and loaded on the next run *without tracing or lowering* (a
-  supernet's step takes tens of seconds just to trace). Keyed by the
-  program's name, the abstract signature of its arguments, and a salt that
-  covers everything else the traced function depends on: this package's
-  source, the jax/jaxlib versions, the devices, the compiler options and
-  flags, and what the job adds (its config, data constants).
-* JAX's persistent compilation cache (``enable_compilation_cache``), for the
-  other programs (small jitted helpers, eager ops): they still trace, but
-  skip XLA.
+The store replaces JAX's persistent compilation cache in the jobs rather
+than adding to it: with jaxlib 0.10.2, an XLA:CPU executable that was
+itself loaded from JAX's cache serialises incompletely, and loading that
+copy fails at run time ("Function ... not found"). ``ExecutableStore``
+therefore stores nothing while JAX's cache is on.
 
 On XLA:CPU the steps compiled here are compiled with ``CPU_OPTIONS``:
 
@@ -145,8 +147,7 @@ def _source_digest() -> str:
   """SHA-256 of this package's Python sources (a code change is a new key)."""
   digest = hashlib.sha256()
   root = os.path.dirname(os.path.abspath(__file__))
-  for folder, dirs, files in sorted(os.walk(root)):
-    dirs.sort()
+  for folder, _, files in sorted(os.walk(root)):
     for file in sorted(f for f in files if f.endswith('.py')):
       path = os.path.join(folder, file)
       digest.update(os.path.relpath(path, root).encode())
@@ -175,7 +176,9 @@ class ExecutableStore:
   (a user's own model) is not covered: put a version of it in ``salt``.
 
   Files are written atomically; one that cannot be loaded (truncated, from
-  an incompatible build) is logged and replaced by a fresh compile.
+  an incompatible build) is logged and replaced by a fresh compile. Nothing
+  is stored while JAX's persistent compilation cache is on (module
+  docstring): a program it loaded would be stored broken.
   Single-process jobs only (``enabled`` is False under multi-host JAX, where
   each process's executable holds its own devices).
 
@@ -227,6 +230,12 @@ class ExecutableStore:
     """Stores ``compiled`` under ``key``, atomically."""
     if not self.enabled:
       return
+    if (jax.config.jax_compilation_cache_dir and
+        jax.config.jax_enable_compilation_cache):
+      logging.warning('not storing program %s: JAX\'s persistent compilation '
+                      'cache is on, and a program loaded from it cannot be '
+                      'stored again (see sparsenas_jax.compilation)', key)
+      return
     try:
       payload = pickle.dumps(serialize_executable.serialize(compiled))
     except (ValueError, NotImplementedError) as e:
@@ -242,19 +251,6 @@ class ExecutableStore:
       os.unlink(tmp)
       raise
     self.saved += 1
-
-
-def enable_compilation_cache(cache_dir: str) -> None:
-  """Keeps every compiled program in ``cache_dir`` (JAX's persistent cache).
-
-  A rerun or a resumed run of the same config then loads its programs
-  instead of compiling them again (tracing and lowering still run; see
-  ``ExecutableStore`` for the programs that skip those too).
-  """
-  os.makedirs(cache_dir, exist_ok=True)
-  jax.config.update('jax_compilation_cache_dir', cache_dir)
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
-  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
 
 
 class LazyCompiled:

@@ -1,5 +1,10 @@
 """Tests of compilation.py: compiler options, timed AOT compilation."""
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -92,3 +97,26 @@ def test_compile_step_with_a_store_needs_a_name(tmp_path):
   store = compilation.ExecutableStore(str(tmp_path))
   with pytest.raises(ValueError, match='name='):
     compilation.compile_step(jnp.sin, (jnp.ones(2),), store=store)
+
+
+def test_executable_store_stores_nothing_while_jax_cache_is_on(tmp_path):
+  # jaxlib 0.10.2: a program loaded from JAX's persistent cache serialises
+  # incompletely ("Function ... not found" when the copy runs), so the store
+  # must not save while that cache is on. In a subprocess: the cache is
+  # process-wide.
+  script = textwrap.dedent(f'''
+      import jax, jax.numpy as jnp
+      from sparsenas_jax import compilation
+      jax.config.update('jax_compilation_cache_dir', {str(tmp_path / 'jax')!r})
+      jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+      store = compilation.ExecutableStore({str(tmp_path / 'store')!r})
+      compiled, _ = compilation.compile_step(jnp.sin, (jnp.ones(3),),
+                                             store=store, name='sin')
+      assert store.saved == 0 and float(compiled(jnp.zeros(3)).sum()) == 0
+      print('NOT STORED')
+  ''')
+  proc = subprocess.run([sys.executable, '-c', script], capture_output=True,
+                        text=True, timeout=300,
+                        env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+  assert 'NOT STORED' in proc.stdout, proc.stderr[-2000:]
+  assert 'persistent compilation cache is on' in proc.stderr

@@ -15,26 +15,21 @@ from sparsenas_jax import parallel
 
 def start_job(config, workdir: str) -> jax.sharding.Mesh:
   """A job's start-up: multi-host init, the device mesh (checking that the
-  batch splits over it), the workdir and the persistent compilation cache
-  (``config.compilation_cache_dir``, default ``<workdir>/jax_cache``)."""
+  batch splits over it) and the workdir."""
   parallel.initialize_distributed(config.multi_host)
   mesh = parallel.make_mesh(config.num_devices)
   parallel.check_batch_size(config.batch_size, mesh)
   os.makedirs(workdir, exist_ok=True)
-  compilation.enable_compilation_cache(_cache_dir(config, workdir))
   return mesh
 
 
-def _cache_dir(config, workdir: str) -> str:
-  return config.compilation_cache_dir or os.path.join(workdir, 'jax_cache')
-
-
 def executable_store(config, workdir: str, *salt) -> compilation.ExecutableStore:
-  """The job's compiled steps on disk (``<cache dir>/executables``), keyed
-  by the whole config and ``salt`` (what else the steps close over, e.g.
-  data statistics), on top of what ``ExecutableStore`` covers itself."""
+  """The job's compiled steps on disk (``config.compilation_cache_dir``,
+  default ``<workdir>/jax_cache``), keyed by the whole config and ``salt``
+  (what else the steps close over, e.g. data statistics), on top of what
+  ``ExecutableStore`` covers itself."""
   return compilation.ExecutableStore(
-      os.path.join(_cache_dir(config, workdir), 'executables'),
+      config.compilation_cache_dir or os.path.join(workdir, 'jax_cache'),
       salt=(config.to_json(sort_keys=True), *map(repr, salt)))
 
 

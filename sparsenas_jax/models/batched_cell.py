@@ -373,7 +373,7 @@ def _depthwise(x: jax.Array, kernel: jax.Array, stride: int, dilation: int
 
   Its derivatives are those JAX derives from the shifted products (slices
   transpose to pads, the kernel gradient is one reduction per tap), so the
-  exact hypergradient's forward-over-reverse works unchanged. (A custom JVP
+  exact hypergradient's second derivatives work unchanged. (A custom JVP
   that wrote the kernel term as one product with gathered taps made the
   graph smaller but kept a K²-times larger residual per conv alive for the
   backward pass: 10 GB at the DARTS search size, and 2.6x slower in forward
