@@ -181,6 +181,8 @@ class ExecutableStore:
   docstring): a program it loaded would be stored broken.
   Single-process jobs only (``enabled`` is False under multi-host JAX, where
   each process's executable holds its own devices).
+  Loading unpickles the files: point it only at folders this user's own
+  runs wrote.
 
   Args:
     directory: the folder (created if needed).
