@@ -10,8 +10,9 @@ Every combination of --modes × --batch × --cells × --nodes runs in its own
 subprocess (so that its peak resident memory is its own, and its compile
 time is not helped by another's in-process caches; no on-disk cache unless
 --cache_dir: then the job's ``compilation.ExecutableStore`` there, as a
-rerun of a search would have it; run twice to time a warm start). Per run: compile_s (tracing and compiling every program
-of the step, i.e. the time to first step less one step), first_step_s,
+rerun of a search would have it; run twice to time a warm start). Per run:
+compile_s (tracing and compiling every program of the step, or loading it
+from --cache_dir, i.e. the time to first step less one step), first_step_s,
 step_s (median of --steps steps after the first), images_per_s (images of
 the weight batch per second), peak_rss_gb, and, from XLA's cost analysis,
 flops per step and the FLOP/s achieved; on a GPU/TPU whose peak is known,
@@ -55,6 +56,7 @@ def measure(args):
   from sparsenas_jax import compilation  # pylint: disable=g-import-not-at-top
   from sparsenas_jax import parallel  # pylint: disable=g-import-not-at-top
   from sparsenas_jax.experiments import cnn_search as cs  # pylint: disable=g-import-not-at-top
+  from sparsenas_jax.experiments import common  # pylint: disable=g-import-not-at-top
 
   config = cfg.get_config()
   config.init_channels, config.layers, config.nodes = (
@@ -66,8 +68,8 @@ def measure(args):
   config.remat = bool(args.remat)
   store = None
   if args.cache_dir:
-    store = compilation.ExecutableStore(
-        args.cache_dir, salt=(config.to_json(sort_keys=True), str(args.batch)))
+    config.compilation_cache_dir = args.cache_dir
+    store = common.executable_store(config, args.cache_dir)
   mesh = parallel.make_mesh(0)
   model = cs.make_model(config, 10)
   shape = (args.batch, args.image_size, args.image_size, 3)

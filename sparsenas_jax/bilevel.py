@@ -211,9 +211,10 @@ def darts_hypergradient(
   * ``'exact'``: the mixed second derivative times v is the gradient in A of
     the directional derivative of L_train along v in w, a Hessian-vector
     product taken reverse-over-forward (``jax.grad`` of ``jax.jvp``): no full
-    Hessian, no truncation error. Cost: one train gradient (for w′), one validation
-    gradient (for v and ∇_A L_val), one JVP of a train gradient, about two
-    train gradients' worth of work on top of first order.
+    Hessian, no truncation error. Cost: one train gradient (for w′), one
+    validation gradient (for v and ∇_A L_val), one reverse pass over a JVP
+    of the train loss, about two train gradients' worth of work on top of
+    first order.
   * ``'finite_difference'``: the paper's Eq. 13, as in DARTS,
 
         ∇²_{A,w} L_train v ≈ (∇_A L_train(w⁺, A) − ∇_A L_train(w⁻, A)) / 2ε,

@@ -258,9 +258,10 @@ def make_search_step(config, model, weight_opt, arch_opt, total_steps,
   augmentation and the two optimizer updates. The same arithmetic; on
   XLA:CPU, where compile time grows super-linearly with program size, a
   supernet's whole second-order step compiles several times slower than its
-  pieces, and peak memory is that of the largest piece. ``step.pieces`` holds the programs (their
-  ``compile_s``); with a ``compilation.ExecutableStore`` as ``store`` they
-  are loaded from there when it has them.
+  pieces, and peak memory is that of the largest piece. ``step.pieces``
+  holds the programs (their ``compile_s``); with a
+  ``compilation.ExecutableStore`` as ``store`` they are loaded from there
+  when it has them.
   """
   lr_schedule = weight_schedule(config, total_steps)
   pad = config.crop_padding
@@ -436,7 +437,8 @@ def run(config: ml_collections.ConfigDict, workdir: str):
                  'step in %.1f s', compile_s, eval_compile_s)
 
   writer = MetricWriter(workdir)
-  summary = {'compile_s': compile_s or 0.0, 'eval_compile_s': eval_compile_s}
+  summary = {'compile_s': compile_s or 0.0, 'eval_compile_s': eval_compile_s,
+             'programs_loaded': store.loaded}
   epoch_metrics, t_epoch = [], time.perf_counter()
   t_start, first_run_step = time.perf_counter(), first
   for step in range(first, total_steps):
@@ -447,7 +449,7 @@ def run(config: ml_collections.ConfigDict, workdir: str):
     epoch_metrics.append(metrics)
     if compile_s is None:  # the split step's first step: it compiled
       compile_s = sum(p.compile_s for p in step_fn.pieces.values())
-      summary['compile_s'] = compile_s
+      summary.update(compile_s=compile_s, programs_loaded=store.loaded)
       logging.info(
           'first search step in %.1f s, of which compiling (or loading) %s; '
           'the eval step in %.1f s; %d of these programs loaded from %s',
@@ -458,7 +460,6 @@ def run(config: ml_collections.ConfigDict, workdir: str):
       # Rates and ETA count from here, as after an ahead-of-time compile.
       t_epoch = t_start = time.perf_counter()
       first_run_step = step + 1
-    summary['programs_loaded'] = store.loaded
     if (step + 1) % steps_per_epoch and step + 1 != total_steps:
       continue
     epoch = (step + 1) // steps_per_epoch

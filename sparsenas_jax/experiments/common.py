@@ -23,7 +23,8 @@ def start_job(config, workdir: str) -> jax.sharding.Mesh:
   return mesh
 
 
-def executable_store(config, workdir: str, *salt) -> compilation.ExecutableStore:
+def executable_store(config, workdir: str,
+                     *salt) -> compilation.ExecutableStore:
   """The job's compiled steps on disk (``config.compilation_cache_dir``,
   default ``<workdir>/jax_cache``), keyed by the whole config and ``salt``
   (what else the steps close over, e.g. data statistics), on top of what
