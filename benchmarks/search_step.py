@@ -15,13 +15,18 @@ compile_s (tracing and compiling every program of the step, or loading it
 from --cache_dir, i.e. the time to first step less one step), first_step_s,
 step_s (median of --steps steps after the first), images_per_s (images of
 the weight batch per second), peak_rss_gb, and, from XLA's cost analysis,
-flops per step and the FLOP/s achieved; on a GPU/TPU whose peak is known,
-the fraction of it. ``first_order``, ``exact`` and ``finite_difference``
+flops per step and the FLOP/s achieved; on a GPU/TPU, the fraction of the
+vendor's peak (where known) and of a float32 matmul rate measured there and
+then, and the device's peak memory. Invocations given one --lock_file may
+run at the same time on a many-core accelerator host: they compile
+concurrently but take turns for the timed steps. ``first_order``, ``exact`` and ``finite_difference``
 are the hypergradient modes of the whole search step (architecture step +
 weight step). Never part of the test run.
 """
 
 import argparse
+import contextlib
+import fcntl
 import itertools
 import json
 import os
@@ -98,14 +103,20 @@ def measure(args):
         cpu_fast_compile=config.cpu_fast_compile, store=store,
         name='search_step')
     flops = compilation.program_flops(run)
-  times = []
-  for i in range(args.steps + 1):
+  def timed_step(i, state):
     b1, b2 = batch(), batch()
     t0 = time.perf_counter()
     out = run(state, b1, b2, jax.random.fold_in(key, i))
     jax.block_until_ready(out)
-    times.append(time.perf_counter() - t0)
-    state = out[0]
+    return out[0], time.perf_counter() - t0
+
+  state, first_s = timed_step(0, state)  # compiles the split step's pieces
+  with _exclusive(args.lock_file):
+    times = [first_s]
+    for i in range(1, args.steps + 1):
+      state, seconds = timed_step(i, state)
+      times.append(seconds)
+    matmul_peak = _matmul_flops_per_s() if jax.default_backend() != 'cpu' else None
   step_s = statistics.median(times[1:])
   if split:
     pieces = step.pieces.values()
@@ -141,12 +152,44 @@ def measure(args):
     if peak and result['backend'] != 'cpu':
       result['fraction_of_peak'] = round(
           flops / step_s / (peak * jax.device_count()), 4)
+    if matmul_peak:
+      result['matmul_gflops_per_s'] = round(matmul_peak / 1e9, 1)
+      result['fraction_of_matmul_peak'] = round(
+          flops / step_s / (matmul_peak * jax.device_count()), 4)
   if result['backend'] != 'cpu':
     stats = jax.devices()[0].memory_stats() or {}
     if 'peak_bytes_in_use' in stats:
       result['peak_device_memory_gb'] = round(
           stats['peak_bytes_in_use'] / 2**30, 2)
   return result
+
+
+@contextlib.contextmanager
+def _exclusive(path):
+  """Holds an exclusive lock on ``path`` (nothing if empty) for the block."""
+  if not path:
+    yield
+    return
+  with open(path, 'a') as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _matmul_flops_per_s(n=8192, repeats=10):
+  """Measured float32 matmul rate of one device at JAX's default precision."""
+  import jax  # pylint: disable=g-import-not-at-top
+  x = jax.random.normal(jax.random.key(1), (n, n))
+  matmul = jax.jit(lambda a: a @ a)
+  matmul(x).block_until_ready()
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    matmul(x).block_until_ready()
+    times.append(time.perf_counter() - t0)
+  return 2 * n**3 / statistics.median(times)
 
 
 def _ints(text):
@@ -168,6 +211,9 @@ def main():
   parser.add_argument('--remat', type=int, default=0)
   parser.add_argument('--cache_dir', default='')
   parser.add_argument('--timeout', type=int, default=3600)
+  # Several benchmark invocations sharing one --lock_file compile at the same
+  # time (many-core hosts) but take turns for their timed steps.
+  parser.add_argument('--lock_file', default='')
   parser.add_argument('--child', default='')
   args = parser.parse_args()
   if args.child:
@@ -190,7 +236,7 @@ def main():
                             timeout=args.timeout)
       lines = [l for l in proc.stdout.splitlines() if l.startswith('RESULT ')]
       results.append(json.loads(lines[-1][7:]) if lines else
-                     {**where, 'error': proc.stderr.strip().splitlines()[-1:]})
+                     {**where, 'error': proc.stderr.strip().splitlines()[-3:]})
     except subprocess.TimeoutExpired:
       results.append({**where, 'error': f'timed out after {args.timeout} s'})
     print(json.dumps(results[-1]), file=sys.stderr, flush=True)

@@ -48,6 +48,7 @@ from typing import Any, Optional
 
 from absl import logging
 import jax
+import jaxlib
 from jax.experimental import serialize_executable
 
 # Compiler options for every program on XLA:CPU (module docstring).
@@ -193,7 +194,7 @@ class ExecutableStore:
     self.directory = directory
     self.enabled = jax.process_count() == 1
     devices = jax.devices()
-    parts = [_source_digest(), jax.__version__, jax.lib.__version__,
+    parts = [_source_digest(), jax.__version__, jaxlib.__version__,
              jax.default_backend(), devices[0].client.platform_version,
              devices[0].device_kind, str(len(devices)),
              os.environ.get('XLA_FLAGS', ''),
