@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -91,6 +92,34 @@ def test_executable_store_recompiles_a_damaged_file(tmp_path):
   np.testing.assert_allclose(compiled(x), np.sin(np.arange(4.0)), rtol=1e-6)
   assert again.loaded == 0 and again.saved == 1
   assert compilation.ExecutableStore(str(tmp_path)).load(path.name)
+
+
+def test_executable_store_loads_its_own_programs_in_the_background(
+    tmp_path, monkeypatch):
+  x = jnp.arange(4.0)
+  for salt in ('mine', 'other'):
+    store = compilation.ExecutableStore(str(tmp_path), salt=[salt])
+    compilation.compile_step(jnp.cos, (x,), store=store, name='cos')
+    compilation.compile_step(jnp.sin, (x,), store=store, name='sin')
+  loads = []
+  deserialize = compilation.serialize_executable.deserialize_and_load
+
+  def recorded(*args, **kwargs):
+    loads.append(threading.current_thread().name)
+    return deserialize(*args, **kwargs)
+
+  monkeypatch.setattr(compilation.serialize_executable,
+                      'deserialize_and_load', recorded)
+  again = compilation.ExecutableStore(str(tmp_path), salt=['mine'])
+  cos, _ = compilation.compile_step(jnp.cos, (x,), store=again, name='cos')
+  sin, _ = compilation.compile_step(jnp.sin, (x,), store=again, name='sin')
+  np.testing.assert_allclose(cos(x), np.cos(np.arange(4.0)), rtol=1e-6)
+  np.testing.assert_allclose(sin(x), np.sin(np.arange(4.0)), rtol=1e-6)
+  assert again.loaded == 2 and again.saved == 0
+  # Its two programs were loaded by the store's threads, the other salt's
+  # two not at all.
+  assert len(loads) == 2
+  assert all(name.startswith('ExecutableStore') for name in loads)
 
 
 def test_compile_step_with_a_store_needs_a_name(tmp_path):

@@ -59,3 +59,21 @@ def test_bad_search_config_values_fail_with_one_line(tmp_path, override,
   assert proc.returncode == 2
   last = proc.stderr.strip().splitlines()[-1]
   assert last.startswith('error: ') and needle in last
+
+
+@pytest.mark.parametrize('impl, warns', [
+    ('stacked', True), ('batched', True), ('reference', False),
+    ('auto', False)])
+def test_search_warns_when_a_cell_gpus_failed_to_compile_is_forced(
+    monkeypatch, impl, warns):
+  from configs import cnn_search as search_config  # pylint: disable=g-import-not-at-top
+  from sparsenas_jax.experiments import cnn_search  # pylint: disable=g-import-not-at-top
+  warnings = []
+  monkeypatch.setattr(cnn_search.jax, 'default_backend', lambda: 'gpu')
+  monkeypatch.setattr(cnn_search.logging, 'warning',
+                      lambda msg, *args: warnings.append(msg % args))
+  config = search_config.get_config('digits')
+  config.cell_impl = impl
+  cnn_search.validate(config)
+  assert bool(warnings) == warns
+  assert all('--config.cell_impl=auto' in w for w in warnings)

@@ -103,6 +103,14 @@ def validate(config) -> tuple[str, ...]:
   if config.cell_impl not in ('auto',) + supernet.CELL_IMPLS:
     raise ConfigError(f'config.cell_impl={config.cell_impl!r}; valid: '
                       f"{('auto',) + supernet.CELL_IMPLS}.")
+  if (config.cell_impl in ('batched', 'stacked') and
+      jax.default_backend() == 'gpu'):
+    logging.warning(
+        'config.cell_impl=%r on a GPU: XLA:GPU (jaxlib 0.11.2, H200) aborted '
+        'compiling this cell at the DARTS size (triton_tiling_propagation.cc: '
+        '"Check failed: subdim_size_accumulator == dim_size"); if it does, '
+        'use --config.cell_impl=auto (the reference cell on GPUs).',
+        config.cell_impl)
   return parse_ops(config.ops)
 
 
@@ -391,6 +399,10 @@ def run(config: ml_collections.ConfigDict, workdir: str):
                       f'search split ({num_train} examples).')
   steps_per_epoch = data.steps_per_epoch(num_train, config.batch_size)
   total_steps = steps_per_epoch * config.epochs
+  # A rerun's stored programs start loading now, while the state is built.
+  store = common.executable_store(
+      config, workdir, search_data.mean.tolist(), search_data.std.tolist(),
+      search_data.num_classes, total_steps)
   model = make_model(config, search_data.num_classes)
   sample = jnp.zeros((1,) + search_data.train[0].shape[1:], jnp.float32)
   weight_opt = make_weight_optimizer(config, total_steps)
@@ -408,9 +420,6 @@ def run(config: ml_collections.ConfigDict, workdir: str):
                supernet.count_params(state.weights),
                supernet.count_params(state.arch), steps_per_epoch)
 
-  store = common.executable_store(
-      config, workdir, search_data.mean.tolist(), search_data.std.tolist(),
-      search_data.num_classes, total_steps)
   mean, std = jnp.asarray(search_data.mean), jnp.asarray(search_data.std)
   split = config.step_compilation == 'split'
   step_fn = make_search_step(config, model, weight_opt, arch_opt, total_steps,

@@ -329,6 +329,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   steps_per_epoch = data.steps_per_epoch(train_data.num_train,
                                          config.batch_size)
   total_steps = steps_per_epoch * config.epochs
+  # A rerun's stored programs start loading now, while the state is built.
+  # The genotype may come from a file: its text is part of the key.
+  store = common.executable_store(
+      config, workdir, genotype.to_json(), np.asarray(train_data.mean).tolist(),
+      np.asarray(train_data.std).tolist(), train_data.num_classes,
+      steps_per_epoch)
   model = make_model(config, genotype, train_data.num_classes)
   sample = jnp.zeros((1,) + train_data.image_shape, jnp.float32)
   variables = eval_network.init_variables(model, sample, config.seed)
@@ -354,11 +360,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   batch_of = lambda step: parallel.shard_batch(train_data.train_batch(step),
                                                mesh)
   first = int(state.step)
-  # The genotype may come from a file: its text is part of the key.
-  store = common.executable_store(
-      config, workdir, genotype.to_json(), np.asarray(train_data.mean).tolist(),
-      np.asarray(train_data.std).tolist(), train_data.num_classes,
-      steps_per_epoch)
   train_step, compile_s = compilation.compile_step(
       make_train_step(config, model, optimizer, steps_per_epoch, mean, std),
       (state, batch_of(first), jax.random.fold_in(base_key, first)),

@@ -68,7 +68,10 @@ def default_cell_impl(backend: Optional[str] = None) -> str:
   gradient vs 11 s). cuDNN and the TPU
   convolution units run depthwise convolutions natively, so there the
   straightforward cell, one ``lax.conv_general_dilated`` per depthwise
-  conv, is the better choice.
+  conv, is the better choice. It is also the one that compiles there: on
+  an H200 with jaxlib 0.11.2, XLA:GPU aborted compiling the stacked and
+  batched cells at the DARTS size (a failed check in its Triton GEMM
+  tiling pass).
   """
   backend = backend or jax.default_backend()
   return 'stacked' if backend == 'cpu' else 'reference'
