@@ -19,9 +19,10 @@ flops per step and the FLOP/s achieved; on a GPU/TPU, the fraction of the
 vendor's peak (where known) and of a float32 matmul rate measured there and
 then, and the device's peak memory. Invocations given one --lock_file may
 run at the same time on a many-core accelerator host: they compile
-concurrently but take turns for the timed steps. ``first_order``, ``exact`` and ``finite_difference``
-are the hypergradient modes of the whole search step (architecture step +
-weight step). Never part of the test run.
+concurrently but take turns for the timed steps. ``first_order``,
+``exact`` and ``finite_difference`` are the hypergradient modes of the
+whole search step (architecture step + weight step). Never part of the
+test run.
 """
 
 import argparse
@@ -103,6 +104,7 @@ def measure(args):
         cpu_fast_compile=config.cpu_fast_compile, store=store,
         name='search_step')
     flops = compilation.program_flops(run)
+
   def timed_step(i, state):
     b1, b2 = batch(), batch()
     t0 = time.perf_counter()
@@ -116,7 +118,8 @@ def measure(args):
     for i in range(1, args.steps + 1):
       state, seconds = timed_step(i, state)
       times.append(seconds)
-    matmul_peak = _matmul_flops_per_s() if jax.default_backend() != 'cpu' else None
+    matmul_peak = (_matmul_flops_per_s() if jax.default_backend() != 'cpu'
+                   else None)
   step_s = statistics.median(times[1:])
   if split:
     pieces = step.pieces.values()

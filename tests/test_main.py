@@ -1,10 +1,14 @@
-"""The command line: one-line errors for bad configs, before any training."""
+"""The command line and config checks: one-line errors for bad configs, before
+any training; a warning for a risky one."""
 
 import os
 import subprocess
 import sys
 
 import pytest
+
+from configs import cnn_search as search_config
+from sparsenas_jax.experiments import cnn_search
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -64,10 +68,8 @@ def test_bad_search_config_values_fail_with_one_line(tmp_path, override,
 @pytest.mark.parametrize('impl, warns', [
     ('stacked', True), ('batched', True), ('reference', False),
     ('auto', False)])
-def test_search_warns_when_a_cell_gpus_failed_to_compile_is_forced(
+def test_search_warns_when_a_cell_that_aborted_xla_gpu_is_forced_there(
     monkeypatch, impl, warns):
-  from configs import cnn_search as search_config  # pylint: disable=g-import-not-at-top
-  from sparsenas_jax.experiments import cnn_search  # pylint: disable=g-import-not-at-top
   warnings = []
   monkeypatch.setattr(cnn_search.jax, 'default_backend', lambda: 'gpu')
   monkeypatch.setattr(cnn_search.logging, 'warning',
