@@ -220,13 +220,19 @@ class ExecutableStore:
             if tag in k and k.endswith('.xla')]
     if not keys:
       return {}
-    keys.sort(key=lambda k: -os.path.getsize(os.path.join(self.directory, k)))
+    keys.sort(key=lambda k: -self._size(k))
     pool = futures.ThreadPoolExecutor(
         max_workers=min(len(keys), os.cpu_count() or 1),
         thread_name_prefix='ExecutableStore')
     pending = {k: pool.submit(self._read, k) for k in keys}
     pool.shutdown(wait=False)
     return pending
+
+  def _size(self, key: str) -> int:
+    try:  # another process may be replacing or deleting it
+      return os.path.getsize(os.path.join(self.directory, key))
+    except OSError:
+      return 0
 
   def _read(self, key: str):
     with open(os.path.join(self.directory, key), 'rb') as f:
