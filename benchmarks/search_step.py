@@ -122,6 +122,7 @@ def measure(args):
     matmul_peak = (_matmul_flops_per_s() if jax.default_backend() != 'cpu'
                    else None)
   step_s = statistics.median(times[1:])
+  first_step_s = times[0] + (0 if split else compile_s)
   if split:
     pieces = step.pieces.values()
     compile_s = sum(p.compile_s for p in pieces)
@@ -137,11 +138,10 @@ def measure(args):
       'devices': jax.device_count(),
       'init_s': round(init_s, 2),
       'compile_s': round(compile_s, 2),
-      'first_step_s': round(times[0] + (0 if split else compile_s), 2),
+      'first_step_s': round(first_step_s, 2),
       # From building the state to the end of the first step: what a user
       # waits for (a rerun loads programs while it builds the state).
-      'time_to_first_step_s': round(
-          init_s + times[0] + (0 if split else compile_s), 2),
+      'time_to_first_step_s': round(init_s + first_step_s, 2),
       'step_s': round(step_s, 3),
       'images_per_s': round(args.batch / step_s, 1),
       'peak_rss_gb': round(resource.getrusage(

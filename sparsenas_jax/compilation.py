@@ -257,7 +257,7 @@ class ExecutableStore:
     if pending is None and (not self.enabled or not os.path.exists(path)):
       return None
     try:
-      compiled = pending.result() if pending else self._read(key)
+      compiled = self._read(key) if pending is None else pending.result()
     except Exception as e:  # pylint: disable=broad-except
       logging.warning('could not load %s (%s: %s); compiling it again', path,
                       type(e).__name__, e)
