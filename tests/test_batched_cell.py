@@ -10,6 +10,7 @@ normal and reduction cells.
 
 from concurrent import futures
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -228,15 +229,45 @@ def test_depthwise_and_its_derivatives_match_lax_conv(size, stride, dilation,
                                  dilation=dilation) for e in range(2)])
 
   def derivatives(f, x, kernel):
-    # Forward mode (the exact hypergradient's JVP of a gradient) and
-    # reverse mode.
+    # Forward mode, reverse mode, reverse over forward (the exact
+    # hypergradient's mixed product) and reverse over reverse: _depthwise
+    # has its own JVP rule, the lax conv is differentiated by JAX.
     out, tangent = jax.jvp(f, (x, kernel), (dx, dk))
-    return out, tangent, jax.vjp(f, x, kernel)[1](jnp.sin(out))
+    cotangents = jax.vjp(f, x, kernel)[1](jnp.sin(out))
+    along = lambda x, kernel: jnp.sum(jnp.sin(
+        jax.jvp(f, (x, kernel), (dx, dk))[1]))
+    back = lambda x, kernel: jnp.sum(jnp.sin(
+        jax.vjp(f, x, kernel)[1](jnp.cos(f(x, kernel)))[0]))
+    return (out, tangent, cotangents,
+            jax.grad(along, argnums=(0, 1))(x, kernel),
+            jax.grad(back, argnums=(0, 1))(x, kernel))
 
   got = _run(functools.partial(derivatives, batched), x, kernel)
   want = _run(functools.partial(derivatives, lax_conv), x, kernel)
   for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5 * np.abs(w).max())
+
+
+def test_depthwise_cotangent_is_a_correlation_not_a_pad_per_tap():
+  # What _depthwise's JVP rule is for: differentiated as written, the
+  # input's cotangent would be a sum of K * K padded copies (XLA:CPU runs
+  # that loop 6x slower than the conv); with the rule it pads the cotangent
+  # once and slices it. (JAX writes a slice's transpose as a pad, and a
+  # pad's transpose as a negative pad, i.e. a slice: only pads that add
+  # pixels count.)
+  x = jnp.zeros((2, C, 3, 9, 9))
+  kernel = jnp.zeros((2, 5, 5, C))
+
+  def pads(depthwise):
+    vjp = lambda x, kernel, g: jax.vjp(
+        lambda x, kernel: depthwise(x, kernel, 1, 2), x, kernel)[1](g)
+    text = str(jax.make_jaxpr(vjp)(x, kernel, x)).replace('np.int64', '')
+    configs = re.findall(r'f32\[(?:\d+,){4}\d+\] = pad\[\s*'
+                         r'padding_config=(.*)', text)
+    return sum(max(map(int, re.findall(r'-?\d+', c))) > 0 for c in configs)
+
+  assert pads(batched_cell._depthwise) <= 3  # x, x again, the cotangent
+  assert pads(batched_cell._shifted_products) > 25  # the check can fail
 
 
 @pytest.mark.parametrize('size,stride', [(7, 1), (7, 2), (8, 2)])

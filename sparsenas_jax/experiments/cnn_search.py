@@ -308,7 +308,10 @@ def make_search_step(config, model, weight_opt, arch_opt, total_steps,
     return SearchState(state.step + 1, weights, arch, weight_opt_state,
                        arch_opt_state), metrics
 
-  train_loss = lambda w, a, batch: _loss_and_logits(model, w, a, batch)[0]
+  # The mixed derivative is reverse over forward: convs written for it.
+  forward_model = model.clone(conv_derivatives='forward')
+  train_loss = lambda w, a, batch: _loss_and_logits(forward_model, w, a,
+                                                    batch)[0]
   mixed_product = bilevel.autodiff_derivatives(
       train_loss, train_loss).mixed_product
   pieces = {'augment': augment, 'grads': grads, 'arch_grads': arch_grads,
