@@ -53,8 +53,8 @@ Parameter layouts (``BatchedSearchCell.stacked_params``):
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping, Sequence
+import functools
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -419,7 +419,8 @@ def _shifted_products_transpose(g: jax.Array, kernel: jax.Array, stride: int,
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
 def _depthwise(x: jax.Array, kernel: jax.Array, stride: int, dilation: int
                ) -> jax.Array:
-  """The depthwise convs of a stage: ``_shifted_products``, fast both ways.
+  """The depthwise convs of a stage: ``_shifted_products``, derivatives
+  written for reverse mode.
 
   Differentiated as written, the input's cotangent would be a sum of K * K
   padded copies (the transpose of a slice is a pad), a fused loop that
