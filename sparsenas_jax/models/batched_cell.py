@@ -26,7 +26,8 @@ the minor dimensions, several times faster than the column reductions of
   over rows, then over columns, of shifted slices.
 * Each conv op runs once over all the stage's edges. The depthwise
   convolutions are sums of shifted, scaled copies of the input (one fused
-  loop, with per-edge kernels; ``_depthwise``), the 1x1 pointwise
+  loop, with per-edge kernels; ``_depthwise``, whose JVP rule makes the
+  input's cotangent such a loop too), the 1x1 pointwise
   convolutions are one matmul batched over (op, edge), batch norm keeps its
   statistics per (op, edge, channel) as in the reference.
 * The batch norms of one stage that do not depend on each other (the pools,
