@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from sparsenas_jax import models
+from sparsenas_jax.models import batched_cell
 from sparsenas_jax.models import ops as ops_lib
 
 # LLVM's optimisation of the many small kernels of these graphs is about half
@@ -357,6 +358,8 @@ def test_unknown_conv_derivatives_raises():
                            "'forward'; got 'both'"):
     models.SearchNetwork(C=C, num_classes=3, layers=3,
                          conv_derivatives='both')
+  with pytest.raises(ValueError, match="conv_derivatives must be one of"):
+    batched_cell.depthwise_conv('both')  # what BatchedSearchCell calls
 
 
 def test_wrong_arch_shape_raises():

@@ -472,6 +472,15 @@ def _depthwise_jvp(stride, dilation, primals, tangents):
 DEPTHWISE = {'reverse': _depthwise, 'forward': _shifted_products}
 
 
+def depthwise_conv(conv_derivatives: str):
+  """``DEPTHWISE[conv_derivatives]``; a one-line error naming the choices."""
+  if conv_derivatives not in DEPTHWISE:
+    raise ValueError(f'conv_derivatives must be one of '
+                     f'{", ".join(map(repr, DEPTHWISE))}; '
+                     f'got {conv_derivatives!r}.')
+  return DEPTHWISE[conv_derivatives]
+
+
 def _pointwise(y: jax.Array, kernels: jax.Array) -> jax.Array:
   """1x1 convs: every pixel of ``y[l]`` times ``kernels[l]``.
 
@@ -630,7 +639,7 @@ def stage(x: jax.Array, weights: jax.Array, packed, *, stride: int,
   _, c, n, h, w = x.shape
   ho, wo = _out_size(h, stride), _out_size(w, stride)
   weights = weights.astype(x.dtype)
-  depthwise = DEPTHWISE[conv_derivatives]
+  depthwise = depthwise_conv(conv_derivatives)
   op_index = {op: o for o, op in enumerate(ops)}
 
   pools = [op for op in ops if op in ('max_pool_3x3', 'avg_pool_3x3')]

@@ -387,11 +387,7 @@ class SearchNetwork(nn.Module):
     if self.cell_impl not in CELL_IMPLS:
       raise ValueError(f'cell_impl must be one of {", ".join(CELL_IMPLS)}; '
                        f'got {self.cell_impl!r}.')
-    if self.conv_derivatives not in batched_cell.DEPTHWISE:
-      raise ValueError(
-          f'conv_derivatives must be one of '
-          f'{", ".join(map(repr, batched_cell.DEPTHWISE))}; '
-          f'got {self.conv_derivatives!r}.')
+    batched_cell.depthwise_conv(self.conv_derivatives)  # fails if unknown
     super().__post_init__()
 
   def reduction_layers(self) -> tuple[int, int]:
