@@ -4,7 +4,7 @@ import setuptools
 
 setuptools.setup(
     name='sparsenas_jax',
-    version='0.1.0',
+    version='0.2.0',
     description=('Neural Architecture Search as Sparse Supernet (SparseNAS, '
                  'Wu et al. AAAI 2021) in JAX, Flax and Optax.'),
     long_description=open('README.md', encoding='utf-8').read(),

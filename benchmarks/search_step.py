@@ -60,10 +60,9 @@ def measure(args):
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from configs import cnn_search as cfg  # pylint: disable=g-import-not-at-top
-  from sparsenas_jax import compilation  # pylint: disable=g-import-not-at-top
-  from sparsenas_jax import parallel  # pylint: disable=g-import-not-at-top
+  from sparsenas_jax.runtime import compilation  # pylint: disable=g-import-not-at-top
+  from sparsenas_jax.runtime import parallel  # pylint: disable=g-import-not-at-top
   from sparsenas_jax.experiments import cnn_search as cs  # pylint: disable=g-import-not-at-top
-  from sparsenas_jax.experiments import common  # pylint: disable=g-import-not-at-top
 
   config = cfg.get_config()
   config.init_channels, config.layers, config.nodes = (
@@ -76,7 +75,7 @@ def measure(args):
   store = None
   if args.cache_dir:
     config.compilation_cache_dir = args.cache_dir
-    store = common.executable_store(config, args.cache_dir)
+    store = compilation.job_store(config, args.cache_dir)
   mesh = parallel.make_mesh(0)
   model = cs.make_model(config, 10)
   shape = (args.batch, args.image_size, args.image_size, 3)
@@ -89,9 +88,9 @@ def measure(args):
   init_s = time.perf_counter() - t0
   state = parallel.replicate(state, mesh)
   rng = np.random.default_rng(0)
-  batch = lambda: parallel.shard_batch(
-      {'image': rng.integers(0, 256, shape, dtype=np.uint8),
-       'label': rng.integers(0, 10, shape[:1]).astype(np.int32)}, mesh)
+  part = lambda: {'image': rng.integers(0, 256, shape, dtype=np.uint8),
+                  'label': rng.integers(0, 10, shape[:1]).astype(np.int32)}
+  batch = lambda: parallel.shard_batch({'train': part(), 'val': part()}, mesh)
   mean, std = jnp.full((3,), 0.5), jnp.full((3,), 0.25)
   split = args.step_compilation == 'split'
   step = cs.make_search_step(config, model, weight_opt, arch_opt, 1000, mean,
@@ -101,15 +100,15 @@ def measure(args):
     run, compile_s, flops = step, None, None
   else:
     run, compile_s = compilation.compile_step(
-        step, (state, batch(), batch(), key),
+        step, (state, batch(), key),
         cpu_fast_compile=config.cpu_fast_compile, store=store,
         name='search_step')
     flops = compilation.program_flops(run)
 
   def timed_step(i, state):
-    b1, b2 = batch(), batch()
+    b = batch()
     t0 = time.perf_counter()
-    out = run(state, b1, b2, jax.random.fold_in(key, i))
+    out = run(state, b, jax.random.fold_in(key, i))
     jax.block_until_ready(out)
     return out[0], time.perf_counter() - t0
 

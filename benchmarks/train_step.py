@@ -36,8 +36,8 @@ def main():
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from configs import cnn_train as cfg  # pylint: disable=g-import-not-at-top
-  from sparsenas_jax import compilation  # pylint: disable=g-import-not-at-top
-  from sparsenas_jax import parallel  # pylint: disable=g-import-not-at-top
+  from sparsenas_jax.runtime import compilation  # pylint: disable=g-import-not-at-top
+  from sparsenas_jax.runtime import parallel  # pylint: disable=g-import-not-at-top
   from sparsenas_jax.experiments import cnn_train as ct  # pylint: disable=g-import-not-at-top
   from sparsenas_jax.models import eval_network  # pylint: disable=g-import-not-at-top
 

@@ -10,8 +10,7 @@ a tiny supernet that searches in a few minutes on a CPU.
 
 import ml_collections
 
-DARTS_OPS = ('max_pool_3x3,avg_pool_3x3,skip_connect,sep_conv_3x3,'
-             'sep_conv_5x5,dil_conv_3x3,dil_conv_5x5')
+from sparsenas_jax import search_space
 
 
 def get_config(arg=None):
@@ -30,7 +29,7 @@ def get_config(arg=None):
   c.init_channels = 16
   c.layers = 8
   c.nodes = 4
-  c.ops = DARTS_OPS
+  c.ops = ','.join(search_space.DARTS_OPS)
   # auto: 'stacked' (shifted-product depthwise convs, params stacked per
   # stage) on CPU, 'reference' (lax grouped convs, native on cuDNN / TPU)
   # elsewhere; or force one of batched | stacked | reference.
@@ -59,7 +58,13 @@ def get_config(arg=None):
   # Runtime.
   c.eval_every_epochs = 1
   c.num_devices = 0           # 0 = every local device
-  c.multi_host = False        # jax.distributed.initialize() first
+  # Multi-host (Cloud TPU pods, multi-node GPU): jax.distributed.initialize()
+  # first; every process runs the same command. The three fields below are
+  # detected by JAX on Cloud TPU VMs and SLURM; set them elsewhere.
+  c.multi_host = False
+  c.coordinator_address = ''  # host:port of process 0
+  c.num_processes = 0
+  c.process_id = -1
   c.compilation_cache_dir = ''  # compiled steps; '' = <workdir>/jax_cache
   # XLA:CPU backend optimisation level 0: compiles ~2-3x faster, but the
   # unoptimised loops run several times slower at full size; worth it

@@ -47,7 +47,13 @@ def get_config(arg=None):
   c.eval_every_epochs = 10
   c.eval_limit = 0            # evaluate on the first N test images; 0 = all
   c.num_devices = 0           # 0 = every local device
+  # Multi-host (Cloud TPU pods, multi-node GPU): jax.distributed.initialize()
+  # first; every process runs the same command. The three fields below are
+  # detected by JAX on Cloud TPU VMs and SLURM; set them elsewhere.
   c.multi_host = False
+  c.coordinator_address = ''  # host:port of process 0
+  c.num_processes = 0
+  c.process_id = -1
   c.compilation_cache_dir = ''  # compiled steps; '' = <workdir>/jax_cache
   # XLA:CPU backend optimisation level 0: compiles ~2-3x faster, but the
   # unoptimised loops run several times slower at full size; worth it

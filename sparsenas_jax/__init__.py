@@ -15,7 +15,7 @@ from sparsenas_jax.optim import sgl_penalty
 from sparsenas_jax.optim import sgl_prox
 from sparsenas_jax.optim import sparse_params
 
-__version__ = '0.1.0'
+__version__ = '0.2.0'
 
 __all__ = [
     'adam_hapg', 'darts_node_groups', 'hapg', 'leaf_groups', 'prox_group_l2',

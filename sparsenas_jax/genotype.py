@@ -3,8 +3,10 @@
 The search makes the architecture weights A exactly sparse (Wu et al. 2021,
 Eq. 3): an exact zero removes an op from an edge, an all-zero node group
 removes the node. This module turns such weights into a discrete *genotype*,
-the cell description that the evaluation network is built from, and reads,
-writes, counts and draws genotypes.
+the cell description that the evaluation network is built from, counts the
+kept ops and nodes, and reads and writes genotypes (JSON, and a registry of
+known cells). Pictures are in ``viz``; parameter counts, taken from the
+evaluation network's modules, in ``models.complexity.genotype_stats``.
 
 Architecture weights are a pytree ``{'normal': cell, 'reduce': cell}`` where
 ``cell = {'node_0': (2, n_ops), ..., f'node_{k}': (k + 2, n_ops)}``. Row i of
@@ -30,12 +32,7 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-DARTS_OPS = ('max_pool_3x3', 'avg_pool_3x3', 'skip_connect', 'sep_conv_3x3',
-             'sep_conv_5x5', 'dil_conv_3x3', 'dil_conv_5x5')
-"""The DARTS candidate ops without ``none``, which a linear combination with a
-sparsity penalty makes redundant (a zero weight already removes an op)."""
-
-CELL_TYPES = ('normal', 'reduce')
+from sparsenas_jax import search_space
 
 _NODE_KEY = re.compile(r'node_(\d+)\Z')
 
@@ -83,7 +80,7 @@ class Genotype:
   normal_concat: tuple[int, ...]
   reduce: tuple[Node, ...]
   reduce_concat: tuple[int, ...]
-  ops: tuple[str, ...] = DARTS_OPS
+  ops: tuple[str, ...] = search_space.DARTS_OPS
 
   def __post_init__(self):
     object.__setattr__(self, 'ops', tuple(str(op) for op in self.ops))
@@ -91,7 +88,7 @@ class Genotype:
       raise ValueError(
           f'Genotype: ops must be a non-empty list of distinct names; got '
           f'{list(self.ops)}.')
-    for cell_type in CELL_TYPES:
+    for cell_type in search_space.CELL_TYPES:
       nodes = tuple(n if isinstance(n, Node) else Node(*n)
                     for n in getattr(self, cell_type))
       concat = tuple(int(i) for i in getattr(self, f'{cell_type}_concat'))
@@ -101,10 +98,10 @@ class Genotype:
 
   def cell(self, cell_type: str) -> tuple[tuple[Node, ...], tuple[int, ...]]:
     """Returns ``(nodes, concat)`` of ``'normal'`` or ``'reduce'``."""
-    if cell_type not in CELL_TYPES:
+    if cell_type not in search_space.CELL_TYPES:
       raise ValueError(
-          f'Genotype.cell: cell_type must be one of {CELL_TYPES}; got '
-          f'{cell_type!r}.')
+          f'Genotype.cell: cell_type must be one of '
+          f'{search_space.CELL_TYPES}; got {cell_type!r}.')
     return getattr(self, cell_type), getattr(self, f'{cell_type}_concat')
 
   def to_json(self) -> str:
@@ -125,7 +122,7 @@ class Genotype:
     """
     dump = json.dumps
     lines = ['{', f'  "ops": {dump(list(self.ops))},']
-    for c, cell_type in enumerate(CELL_TYPES):
+    for c, cell_type in enumerate(search_space.CELL_TYPES):
       nodes, concat = self.cell(cell_type)
       lines.append(f'  {dump(cell_type)}: {{')
       lines.append('    "nodes": [')
@@ -138,13 +135,14 @@ class Genotype:
         lines.append(f'      ]}}{comma}')
       lines.append('    ],')
       lines.append(f'    "concat": {dump(list(concat))}')
-      lines.append('  },' if c + 1 < len(CELL_TYPES) else '  }')
+      lines.append('  },' if c + 1 < len(search_space.CELL_TYPES) else '  }')
     lines.append('}')
     return '\n'.join(lines)
 
   @classmethod
   def from_json(cls, text: str, *,
-                valid_ops: Optional[Sequence[str]] = DARTS_OPS) -> Genotype:
+                valid_ops: Optional[Sequence[str]] = search_space.DARTS_OPS
+                ) -> Genotype:
     """Parses ``to_json`` output.
 
     Args:
@@ -167,21 +165,22 @@ class Genotype:
     if not isinstance(data, dict):
       raise ValueError(f'expected a JSON object at the top level; got '
                        f'{type(data).__name__}')
-    for key in ('ops',) + CELL_TYPES:
+    for key in ('ops',) + search_space.CELL_TYPES:
       if key not in data:
         raise ValueError(f'missing key {key!r}')
     ops = data['ops']
     if not isinstance(ops, list) or not all(isinstance(o, str) for o in ops):
       raise ValueError('"ops" must be a list of op names')
     kwargs = {'ops': tuple(ops)}
-    for cell_type in CELL_TYPES:
+    for cell_type in search_space.CELL_TYPES:
       nodes, concat = _cell_from_data(cell_type, data[cell_type])
       kwargs[cell_type] = nodes
       kwargs[f'{cell_type}_concat'] = concat
     if valid_ops is not None:
       names = [(op, '"ops"') for op in ops] + [
           (op, f'{cell_type} cell, node {node.index}')
-          for cell_type in CELL_TYPES for node in kwargs[cell_type]
+          for cell_type in search_space.CELL_TYPES
+          for node in kwargs[cell_type]
           for _, op, _ in node.inputs]
       for op, where in names:
         if op not in valid_ops:
@@ -273,11 +272,10 @@ def _cell_arrays(arch, cell_type: str, n_ops: Optional[int], caller: str):
   arrays = [np.asarray(cell[k], dtype=np.float64) for k in keys]
   if n_ops is None:
     n_ops = arrays[0].shape[-1] if arrays[0].ndim else 0
-  expected_keys = [f'node_{k}' for k in range(len(keys))]
-  shapes_ok = all(a.shape == (k + 2, n_ops) for k, a in enumerate(arrays))
-  if keys != expected_keys or not shapes_ok or n_ops < 1:
-    expected = ', '.join(f'node_{k} {(k + 2, n_ops)}'
-                         for k in range(len(keys)))
+  shapes = search_space.arch_shapes(len(keys), n_ops)
+  shapes_ok = all(a.shape == s for a, s in zip(arrays, shapes.values()))
+  if keys != list(shapes) or not shapes_ok or n_ops < 1:
+    expected = ', '.join(f'{k} {s}' for k, s in shapes.items())
     got = ', '.join(f'{k} {a.shape}' for k, a in zip(keys, arrays))
     raise ValueError(
         f'{caller}: arch[{cell_type!r}] does not match {n_ops} ops: expected '
@@ -315,7 +313,7 @@ def _kept_edges(arrays, threshold: float):
   return kept
 
 
-def derive_genotype(arch, ops: Sequence[str] = DARTS_OPS, *,
+def derive_genotype(arch, ops: Sequence[str] = search_space.DARTS_OPS, *,
                     threshold: float = 0.0) -> Genotype:
   """Derives the mixed-path architecture from sparse architecture weights.
 
@@ -345,12 +343,13 @@ def derive_genotype(arch, ops: Sequence[str] = DARTS_OPS, *,
     Wu et al. 2021, Eq. 1, 3 and Figure 2.
   """
   ops = tuple(ops)
-  if not isinstance(arch, Mapping) or set(arch) != set(CELL_TYPES):
+  if (not isinstance(arch, Mapping)
+      or set(arch) != set(search_space.CELL_TYPES)):
     got = sorted(map(str, arch)) if isinstance(arch, Mapping) else type(arch)
     raise ValueError(f'derive_genotype: arch must have exactly the keys '
-                     f'{list(CELL_TYPES)}; got {got}.')
+                     f'{list(search_space.CELL_TYPES)}; got {got}.')
   kwargs = {}
-  for cell_type in CELL_TYPES:
+  for cell_type in search_space.CELL_TYPES:
     arrays = _cell_arrays(arch, cell_type, len(ops), 'derive_genotype')
     nodes = tuple(
         Node(k + 2, tuple((i, ops[o], w) for i, o, w in edges))
@@ -422,7 +421,8 @@ def _darts_v2() -> Genotype:
       [('max_pool_3x3', 0), ('skip_connect', 2)],
       [('skip_connect', 2), ('max_pool_3x3', 1)],
   ])
-  return Genotype(normal, normal_concat, reduce, reduce_concat, DARTS_OPS)
+  return Genotype(normal, normal_concat, reduce, reduce_concat,
+                  search_space.DARTS_OPS)
 
 
 GENOTYPES: dict[str, Genotype] = {
@@ -441,7 +441,8 @@ def save_genotype(genotype: Genotype, path: PathLike) -> None:
 
 
 def load_genotype(path: PathLike, *,
-                  valid_ops: Optional[Sequence[str]] = DARTS_OPS) -> Genotype:
+                  valid_ops: Optional[Sequence[str]] = search_space.DARTS_OPS
+                  ) -> Genotype:
   """Reads a genotype written by ``save_genotype`` (or by hand).
 
   Args:
@@ -467,7 +468,7 @@ def load_genotype(path: PathLike, *,
 
 
 def resolve_genotype(name_or_path: Union[str, os.PathLike, Genotype], *,
-                     valid_ops: Optional[Sequence[str]] = DARTS_OPS
+                     valid_ops: Optional[Sequence[str]] = search_space.DARTS_OPS
                      ) -> Genotype:
   """Returns a registered genotype by name, or loads one from a JSON file.
 
@@ -492,257 +493,3 @@ def resolve_genotype(name_or_path: Union[str, os.PathLike, Genotype], *,
   raise ValueError(
       f'resolve_genotype: {os.fspath(name_or_path)!r} is neither a registered '
       f'genotype ({", ".join(sorted(GENOTYPES))}) nor a file.')
-
-
-# -- Counting ----------------------------------------------------------------
-
-
-def _op_params(op: str, c: int, *, factorized_reduce: bool) -> int:
-  """Learned parameters of one derived op at ``c`` channels in and out.
-
-  Convolutions have no bias; every BN is affine (scale and offset, 2c), as in
-  the evaluation network. (The search network's BNs have no affine params.)
-  """
-  m = re.fullmatch(r'(sep|dil)_conv_(\d+)x\2', op)
-  if m:
-    k = int(m.group(2))
-    # ReLU, depthwise kxk, pointwise 1x1, BN; sep_conv stacks this twice.
-    block = c * k * k + c * c + 2 * c
-    return 2 * block if m.group(1) == 'sep' else block
-  if re.fullmatch(r'(max|avg)_pool_\d+x\d+', op):
-    return 0
-  if op == 'skip_connect':
-    if not factorized_reduce:
-      return 0
-    if c % 2:
-      raise ValueError(
-          f'genotype_stats: a factorized reduce needs an even channel count; '
-          f'got C={c}.')
-    # Two 1x1 stride-2 convs c -> c/2 on shifted inputs, concat, BN.
-    return 2 * (c * (c // 2)) + 2 * c
-  raise ValueError(f'genotype_stats: no parameter formula for op {op!r}.')
-
-
-def genotype_stats(
-    genotype: Genotype,
-    C: int,  # pylint: disable=invalid-name
-) -> dict[str, dict[str, int]]:
-  """Counts kept ops, live nodes and op parameters of a derived cell pair.
-
-  Parameters are those of the cell's ops, each mapping C channels to C
-  channels (the cell's input preprocessing, which depends on the previous
-  cells, is not counted). Convolutions have no bias; BN layers are counted
-  with affine scale and offset (2 per channel) as in the evaluation network
-  (the search network's BN is not affine): sep_conv_k = 2 (C k² + C² + 2C),
-  dil_conv_k = C k² + C² + 2C, pools 0, skip_connect 0 except on an edge
-  from a cell input of the reduction cell (stride 2), where it is a
-  factorized reduce, C² + 2C. Both cells are counted at the same C.
-
-  Args:
-    genotype: the derived architecture.
-    C: channels of the cell's nodes.
-
-  Returns:
-    ``{'normal': d, 'reduce': d, 'total': d}`` with
-    ``d = {'ops_kept': int, 'nodes_kept': int, 'params': int}``.
-  """
-  if not isinstance(C, (int, np.integer)) or isinstance(C, bool) or C < 1:
-    raise ValueError(f'genotype_stats: C must be a positive int; got {C!r}.')
-  C = int(C)  # pylint: disable=invalid-name
-  stats = {}
-  for cell_type in CELL_TYPES:
-    nodes, _ = genotype.cell(cell_type)
-    params = sum(
-        _op_params(op, C, factorized_reduce=cell_type == 'reduce' and src < 2)
-        for node in nodes for src, op, _ in node.inputs)
-    stats[cell_type] = dict(
-        ops_kept=sum(len(node.inputs) for node in nodes),
-        nodes_kept=len(nodes), params=params)
-  stats['total'] = {key: sum(stats[t][key] for t in CELL_TYPES)
-                    for key in stats['normal']}
-  return stats
-
-
-# -- Picture -----------------------------------------------------------------
-
-_OP_COLORS = {
-    'max_pool_3x3': '#1f77b4', 'avg_pool_3x3': '#17becf',
-    'skip_connect': '#000000', 'sep_conv_3x3': '#d62728',
-    'sep_conv_5x5': '#ff7f0e', 'dil_conv_3x3': '#2ca02c',
-    'dil_conv_5x5': '#9467bd',
-}
-_EXTRA_COLORS = ('#8c564b', '#e377c2', '#bcbd22', '#393b79', '#637939')
-_MARGIN = 1.3  # data units around a cell's nodes
-
-
-def _layout(nodes):
-  """Places a cell's nodes on an arch: c_{k-1}, c_{k-2}, nodes in order, c_k.
-
-  Points on the upper half of an ellipse are in convex position, so a
-  straight edge never runs through a third node, and the DAG still reads
-  left to right like graphviz's LR layout.
-  """
-  order = [1, 0] + [node.index for node in nodes] + ['out']
-  n = len(order)
-  a = 1.6 * (n - 1)  # half width: about 2.5 units between neighbours
-  b = 0.6 * a + 1.0
-  pos = {}
-  for j, key in enumerate(order):
-    t = math.pi * (1 - j / (n - 1))
-    pos[key] = (a * math.cos(t), b * math.sin(t))
-  return pos
-
-
-class _Arc:
-  """A quadratic Bezier from p0 to p1 bent like matplotlib's ``arc3,rad``.
-
-  The control point sits ``rad`` times the chord length off the chord's
-  middle, so the curve's middle is ``rad / 2`` chord lengths off it.
-  """
-
-  def __init__(self, p0, p1, rad):
-    (x0, y0), (x1, y1) = p0, p1
-    self.points = (p0, ((x0 + x1) / 2 + rad * (y1 - y0),
-                        (y0 + y1) / 2 - rad * (x1 - x0)), p1)
-
-  def at(self, t):
-    """The point at parameter t in [0, 1]."""
-    return self._blossom(t, t)
-
-  def _blossom(self, a, b):
-    (x0, y0), (cx, cy), (x1, y1) = self.points
-    w0, w1, w2 = (1 - a) * (1 - b), a * (1 - b) + (1 - a) * b, a * b
-    return (w0 * x0 + w1 * cx + w2 * x1, w0 * y0 + w1 * cy + w2 * y1)
-
-  def clipped(self, radius):
-    """Control points of the part outside circles of ``radius`` at the ends.
-
-    Clipping analytically (bisection on t, then the sub-curve's blossom)
-    is much faster than matplotlib's generic patch clipping.
-    """
-    def leave(center, inside_at_0):
-      lo, hi = 0.0, 0.5
-      for _ in range(30):
-        mid = (lo + hi) / 2
-        x, y = self.at(mid if inside_at_0 else 1 - mid)
-        if math.hypot(x - center[0], y - center[1]) < radius:
-          lo = mid
-        else:
-          hi = mid
-      return hi
-
-    a = leave(self.points[0], True)
-    b = 1 - leave(self.points[2], False)
-    return self.at(a), self._blossom(a, b), self.at(b)
-
-
-def _draw_cell(ax, title, nodes, concat, ops, show_weights):
-  """Draws one cell on ``ax`` in data units; returns the data extent."""
-  from matplotlib import patches
-  from matplotlib import path as mpath
-
-  pos = _layout(nodes)
-  radius = 0.6
-  names = {0: r'$c_{k-2}$', 1: r'$c_{k-1}$', 'out': r'$c_{k}$'}
-  for key, (x, y) in pos.items():
-    circle = patches.Circle(
-        (x, y), radius, facecolor='#a6d8f0' if key in names else '#fff3b0',
-        edgecolor='black', lw=1.2, zorder=3)
-    ax.add_patch(circle)
-    ax.text(x, y, names.get(key, str(key)), ha='center', va='center',
-            fontsize=12, zorder=4)
-
-  extra = iter(_EXTRA_COLORS * (1 + len(ops)))
-  colors = {op: _OP_COLORS.get(op) or next(extra) for op in ops}
-  placed = list(pos.values())  # label anchors so far, nodes included
-
-  def arrow(src, dst, rad, color, label, style='-'):
-    arc = _Arc(pos[src], pos[dst], rad)
-    curve = mpath.Path(arc.clipped(radius * 1.04),
-                       [mpath.Path.MOVETO, mpath.Path.CURVE3,
-                        mpath.Path.CURVE3])
-    ax.add_patch(patches.FancyArrowPatch(
-        path=curve, arrowstyle='-|>', mutation_scale=13, color=color, lw=1.3,
-        linestyle=style, zorder=2))
-    if label:
-      # Slide the label along its curve to the spot farthest from the other
-      # labels and nodes; the middle wins ties.
-      # Labels are wide, so horizontal distance counts for less.
-      spots = [arc.at(t)
-               for t in (0.5, 0.43, 0.57, 0.36, 0.64, 0.29, 0.71)]
-      best = max(spots, key=lambda q: min(
-          math.hypot((q[0] - r[0]) / 3, q[1] - r[1]) for r in placed) + 1e-3 * (
-              q == spots[0]))
-      placed.append(best)
-      ax.text(*best, label, ha='center', va='center', fontsize=8,
-              color=color, zorder=5,
-              bbox=dict(boxstyle='round,pad=0.15', fc='white', ec='none',
-                        alpha=0.85))
-
-  for node in nodes:
-    by_src = {}
-    for src, op, w in node.inputs:
-      by_src.setdefault(src, []).append((op, w))
-    for src, edges in by_src.items():
-      (x0, y0), (x1, y1) = pos[src], pos[node.index]
-      dist = math.hypot(x1 - x0, y1 - y0)
-      for j, (op, w) in enumerate(edges):
-        # Several ops on one edge fan out as arcs of distinct curvature,
-        # 0.5 units apart at their middles whatever the edge's length.
-        rad = 2 * 0.5 * (j - (len(edges) - 1) / 2) / dist
-        label = f'{op} ({w:.3g})' if show_weights else op
-        arrow(src, node.index, rad, colors[op], label)
-  for index in concat:
-    arrow(index, 'out', 0.0, '#888888', None, style='--')
-
-  xs = [p[0] for p in pos.values()]
-  ys = [p[1] for p in pos.values()]
-  margin = _MARGIN
-  ax.set_xlim(min(xs) - margin, max(xs) + margin)
-  ax.set_ylim(min(ys) - margin, max(ys) + margin)
-  ax.set_aspect('equal')
-  ax.axis('off')
-  n_ops = sum(len(n.inputs) for n in nodes)
-  ax.set_title(f'{title}: {len(nodes)} nodes, {n_ops} ops', fontsize=13)
-  return (max(xs) - min(xs) + 2 * margin, max(ys) - min(ys) + 2 * margin)
-
-
-def plot_genotype(genotype: Genotype, path: PathLike, *,
-                  show_weights: bool = False, dpi: int = 150) -> None:
-  """Draws the normal and reduction cells side by side into a PNG.
-
-  In the style of DARTS's graphviz pictures: cell inputs c_{k-2} and c_{k-1}
-  on the left, intermediate nodes (numbered as in the genotype) by depth,
-  output c_{k} on the right; one arrow per kept (input, op) labelled with the
-  op, arcs of distinct curvature where one edge keeps several ops, and grey
-  arrows from the concatenated nodes into c_{k}. Uses matplotlib's Agg
-  canvas directly, so the global backend is left alone.
-
-  Args:
-    genotype: the architecture to draw.
-    path: the PNG file to write (parent folders are created).
-    show_weights: also print each op's architecture weight.
-    dpi: resolution.
-  """
-  from matplotlib.backends import backend_agg
-  from matplotlib import figure
-
-  fig = figure.Figure()
-  backend_agg.FigureCanvasAgg(fig)
-  # Panels as wide as their cells, so both are drawn at the same scale.
-  widths = [_layout(genotype.cell(t)[0])['out'][0] * 2 + 2 * _MARGIN
-            for t in CELL_TYPES]
-  axes = fig.subplots(1, 2, gridspec_kw={'width_ratios': widths})
-  sizes = [
-      _draw_cell(ax, f'{cell_type} cell', *genotype.cell(cell_type),
-                 genotype.ops, show_weights)
-      for ax, cell_type in zip(axes, CELL_TYPES)]
-  scale = 0.75  # inches per data unit
-  fig.set_size_inches(scale * sum(w for w, _ in sizes),
-                      scale * max(h for _, h in sizes) + 0.5)
-  fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.92,
-                      wspace=0.05)
-  parent = os.path.dirname(os.fspath(path))
-  if parent:
-    os.makedirs(parent, exist_ok=True)
-  fig.savefig(path, dpi=dpi, format='png')

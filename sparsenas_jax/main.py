@@ -14,6 +14,7 @@ from ml_collections import config_flags
 from sparsenas_jax.data import DatasetNotPreparedError
 from sparsenas_jax.data import TensorFlowRequiredError
 from sparsenas_jax.errors import ConfigError
+from sparsenas_jax.errors import DivergenceError
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Job config: configs/<job>.py[:variant].',
@@ -48,7 +49,8 @@ def main(argv):
   logging.info('job %s, workdir %s\n%s', job, _WORKDIR.value, config)
   try:
     module.run(config, _WORKDIR.value)
-  except (ConfigError, DatasetNotPreparedError, TensorFlowRequiredError) as e:
+  except (ConfigError, DatasetNotPreparedError, DivergenceError,
+          TensorFlowRequiredError) as e:
     _fail(str(e))
 
 

@@ -17,8 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sparsenas_jax import compilation
+from sparsenas_jax.runtime import compilation
 from sparsenas_jax import models
+from sparsenas_jax import search_space
 from sparsenas_jax.models import batched_cell
 from sparsenas_jax.models import ops as ops_lib
 from sparsenas_jax.models import supernet
@@ -75,10 +76,10 @@ def problem():
   x = rng.normal(size=(BATCH, 8, 8, 1)).astype(np.float32)
   labels = np.array([0, 1, 2, 0])
   # Random signs and sizes: no two ops or edges weighted alike.
-  arch = {t: {f'node_{j}': rng.normal(size=(j + 2, len(models.DARTS_OPS))
-                                      ).astype(np.float32)
+  n_ops = len(search_space.DARTS_OPS)
+  arch = {t: {f'node_{j}': rng.normal(size=(j + 2, n_ops)).astype(np.float32)
               for j in range(NODES)}
-          for t in models.cell_types}
+          for t in search_space.CELL_TYPES}
   shapes = jax.eval_shape(_network('reference').init, jax.random.key(0), x,
                           arch)['params']
   return x, labels, arch, _random_like(shapes, rng)

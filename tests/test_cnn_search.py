@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -111,3 +112,21 @@ def test_search_derive_train_end_to_end(runs, tmp_path):
   genotype = genotype_lib.load_genotype(str(genotype_path))
   assert results['params'] == counting.eval_network_params(
       genotype, C=8, num_classes=10, layers=3, in_channels=1)
+
+
+def test_divergence_stops_at_once_and_keeps_the_checkpoints(runs, tmp_path):
+  """An absurd learning rate in a fourth epoch: one line, exit 2, the
+  finished run's checkpoints untouched and nothing past them saved."""
+  workdir = tmp_path / 'diverged'
+  shutil.copytree(runs[0], workdir, ignore=shutil.ignore_patterns('jax_cache'))
+  before = sorted(p.name for p in (workdir / 'checkpoints').iterdir())
+  proc = subprocess.run(
+      _command(workdir, tmp_path / 'cache', '--config.epochs=4',
+               '--config.learning_rate=1e12'),
+      cwd=REPO, env=_env(), capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith('error: the run diverged at step ')
+  assert 'not finite' in last and 'config.learning_rate' in last
+  assert 'resumes from step' in last and 'Traceback' not in proc.stderr
+  assert sorted(p.name for p in (workdir / 'checkpoints').iterdir()) == before

@@ -46,6 +46,22 @@ def test_training_resumes_exactly_from_a_checkpoint(tmp_path):
   assert again['test_loss'] == results['test_loss']
   assert again['train_loss'] == results['train_loss']
 
+  # An absurd learning rate for a third epoch: one line, exit 2, and the
+  # checkpoint of step 22 stays the latest; the workdir still resumes.
+  diverged = _main(workdir, *TINY, cache, '--config.epochs=3',
+                   '--config.learning_rate=1e12')
+  assert diverged.returncode == 2, diverged.stderr[-3000:]
+  last = diverged.stderr.strip().splitlines()[-1]
+  assert last.startswith('error: the run diverged at step ')
+  assert 'config.learning_rate' in last and 'resumes from step 22' in last
+  assert 'Traceback' not in diverged.stderr
+  assert sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir()
+                if p.name.isdigit()) == [11, 22]
+  longer = _main(workdir, *TINY, cache, '--config.epochs=3')
+  assert longer.returncode == 0, longer.stderr[-3000:]
+  assert 'resumed from the checkpoint of step 22' in longer.stderr
+  assert json.loads((workdir / 'results.json').read_text())['steps'] == 33
+
 
 @pytest.mark.parametrize('text, needle', [
     ('{"ops": [', 'not valid JSON'),

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sparsenas_jax import compilation
+from sparsenas_jax.runtime import compilation
 
 
 def test_cpu_options_are_accepted_and_keep_the_numbers():
@@ -135,7 +135,7 @@ def test_executable_store_stores_nothing_while_jax_cache_is_on(tmp_path):
   # process-wide.
   script = textwrap.dedent(f'''
       import jax, jax.numpy as jnp
-      from sparsenas_jax import compilation
+      from sparsenas_jax.runtime import compilation
       jax.config.update('jax_compilation_cache_dir', {str(tmp_path / 'jax')!r})
       jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
       store = compilation.ExecutableStore({str(tmp_path / 'store')!r})

@@ -1,4 +1,6 @@
-"""The evaluation network built from a mixed-path genotype."""
+"""The evaluation network built from a mixed-path genotype; complexity."""
+
+import math
 
 import counting
 import jax
@@ -8,8 +10,10 @@ import numpy as np
 import pytest
 
 from sparsenas_jax import genotype as genotype_lib
+from sparsenas_jax import search_space
 from sparsenas_jax.models import complexity
 from sparsenas_jax.models import eval_network
+from sparsenas_jax.models import ops as search_ops
 
 G = genotype_lib.Genotype
 N = genotype_lib.Node
@@ -152,6 +156,101 @@ def test_count_macs_closed_forms():
               + 2 * 7 * 600)          # matmul
   assert complexity.count_macs(conv, x) == expected
   assert complexity.count_macs(jax.jit(conv), x) == expected  # nested jaxpr
+
+
+# Every DARTS op on every edge of a two-node cell: from both inputs (stride 2,
+# a factorized skip_connect, in the reduction cell) and from node 2.
+_EVERY_OP = (N(2, [(i, op, 1.0) for i in (0, 1)
+                   for op in search_space.DARTS_OPS]),
+             N(3, [(i, op, 1.0) for i in (0, 1, 2)
+                   for op in search_space.DARTS_OPS]))
+EVERY_OP = G(_EVERY_OP, (2, 3), _EVERY_OP, (2, 3))
+
+
+@pytest.mark.parametrize('op', search_space.DARTS_OPS)
+def test_genotype_stats_of_each_op_match_closed_forms(op):
+  for c in (2, 6, 16):
+    for src in (0, 1, 2):
+      cell = (N(2, [(0, 'max_pool_3x3', 1.0)]), N(3, [(src, op, 1.0)]))
+      stats = complexity.genotype_stats(G(cell, (3,), cell, (3,)), c)
+      for cell_type in search_space.CELL_TYPES:
+        reduce_input = cell_type == 'reduce' and src < 2
+        assert stats[cell_type]['params'] == counting.op_params(
+            op, c, factorized_reduce=reduce_input)
+
+
+@pytest.mark.parametrize('name, genotype', [
+    *genotype_lib.GENOTYPES.items(), ('mixed', MIXED), ('every_op', EVERY_OP)])
+def test_genotype_stats_match_closed_forms(name, genotype):
+  del name
+  for c in (2, 4, 16, 36):
+    stats = complexity.genotype_stats(genotype, c)
+    for cell_type in search_space.CELL_TYPES:
+      nodes, _ = genotype.cell(cell_type)
+      assert stats[cell_type] == {
+          'ops_kept': sum(len(n.inputs) for n in nodes),
+          'nodes_kept': len(nodes),
+          'params': counting.cell_op_params(genotype, c, cell_type)}
+    assert stats['total'] == {
+        key: stats['normal'][key] + stats['reduce'][key]
+        for key in ('ops_kept', 'nodes_kept', 'params')}
+
+
+def test_genotype_stats_darts_v2_by_hand():
+  c = 16
+  darts = complexity.genotype_stats(genotype_lib.GENOTYPES['darts_v2'], c)
+  # 5 sep_conv_3x3 (2C² + 22C each) + dil_conv_3x3 (C² + 11C); the reduce
+  # cell's pools are free and its skip_connects all leave node 2 (identity).
+  assert darts['normal'] == {'ops_kept': 8, 'nodes_kept': 4,
+                             'params': 11 * c * c + 121 * c}
+  assert darts['reduce'] == {'ops_kept': 8, 'nodes_kept': 4, 'params': 0}
+  assert darts['total'] == {'ops_kept': 16, 'nodes_kept': 8,
+                            'params': 11 * c * c + 121 * c}
+
+
+def test_genotype_stats_against_the_search_network_ops():
+  """Conv params of the search network's ops, plus affine BN params.
+
+  The search ops' BN has no affine params, so each BN layer (two in a
+  sep_conv, one in a dil_conv and in a factorized reduce) adds 2C here.
+  """
+  c = 6
+  x = jax.ShapeDtypeStruct((2, 8, 8, c), jnp.float32)
+  bn_layers = {'sep_conv_3x3': 2, 'sep_conv_5x5': 2, 'dil_conv_3x3': 1,
+               'dil_conv_5x5': 1}
+
+  def search_count(op, stride):
+    variables = jax.eval_shape(
+        lambda: search_ops.make_op(op, c, stride).init(jax.random.key(0), x))
+    n = sum(math.prod(v.shape) for v in jax.tree.leaves(variables))
+    reduce_skip = op == 'skip_connect' and stride == 2
+    return n + 2 * c * (bn_layers.get(op, 0) + reduce_skip)
+
+  for genotype in (MIXED, EVERY_OP):
+    stats = complexity.genotype_stats(genotype, c)
+    for cell_type in search_space.CELL_TYPES:
+      nodes, _ = genotype.cell(cell_type)
+      expected = sum(
+          search_count(op, 2 if cell_type == 'reduce' and src < 2 else 1)
+          for n in nodes for src, op, _ in n.inputs)
+      assert stats[cell_type]['params'] == expected
+
+
+def test_genotype_stats_bad_arguments_raise():
+  with pytest.raises(ValueError, match='even'):
+    complexity.genotype_stats(MIXED, 5)  # a factorized reduce in 'reduce'
+  # Odd C is fine where no factorized reduce is needed.
+  pools = (N(2, [(0, 'max_pool_3x3', 1.0), (1, 'avg_pool_3x3', 1.0)]),)
+  odd = G(MIXED.normal, MIXED.normal_concat, pools, (2,))
+  assert complexity.genotype_stats(odd, 5)['total']['params'] == (
+      counting.cell_op_params(odd, 5, 'normal'))
+  for bad in (0, -4, 2.0, True):
+    with pytest.raises(ValueError, match='positive'):
+      complexity.genotype_stats(MIXED, bad)
+  cell = (N(2, [(0, 'conv_9x9', 1.0)]),)
+  custom = G(cell, (2,), cell, (2,), ops=search_space.DARTS_OPS + ('conv_9x9',))
+  with pytest.raises(ValueError, match="genotype_stats: .*'conv_9x9'"):
+    complexity.genotype_stats(custom, 4)
 
 
 def test_bad_network_settings_raise():

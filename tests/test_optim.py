@@ -301,3 +301,40 @@ def test_missing_params_and_missing_state_raise():
     opt.update(w, opt.init(w))
   with pytest.raises(ValueError, match='no hapg'):
     optim.sparse_params(optax.sgd(0.1).init(w))
+
+
+# Every public factory of ``optim`` that returns a transformation.
+_TRANSFORMATIONS = {
+    'hapg': lambda: optim.hapg(0.1, LAM, ALPHA, groups=GROUPS),
+    'adam_hapg': lambda: optim.adam_hapg(0.1, LAM, ALPHA, groups=GROUPS),
+    'sgl_prox': lambda: optim.sgl_prox(LAM, ALPHA, groups=GROUPS,
+                                       step_size=0.1),
+}
+
+
+def test_every_public_transformation_is_covered_by_the_extra_args_tests():
+  import inspect  # pylint: disable=g-import-not-at-top
+  returns_a_transformation = {
+      name for name in optim.__all__
+      if inspect.isfunction(getattr(optim, name)) and 'GradientTransformation'
+      in str(inspect.signature(getattr(optim, name)).return_annotation)}
+  assert returns_a_transformation == set(_TRANSFORMATIONS)
+
+
+@pytest.mark.parametrize('name', sorted(_TRANSFORMATIONS))
+def test_update_accepts_and_ignores_extra_args_like_optax(name):
+  x, y = _problem()
+  loss = _loss_fn(x, y)
+  w = _split(jnp.asarray(np.random.default_rng(5).normal(size=12) * 0.3))
+  opt = _TRANSFORMATIONS[name]()
+  assert isinstance(opt, optax.GradientTransformationExtraArgs)
+  chained = optax.chain(optax.clip_by_global_norm(1.), opt)
+  for tx in (opt, chained):
+    state = tx.init(w)
+    for _ in range(2):  # the second step also exercises the carried state
+      value, g = jax.value_and_grad(loss)(w)
+      plain, plain_state = tx.update(g, state, w)
+      extra, extra_state = tx.update(g, state, w, value=value)
+      jax.tree.map(np.testing.assert_array_equal, extra, plain)
+      jax.tree.map(np.testing.assert_array_equal, extra_state, plain_state)
+      w, state = optax.apply_updates(w, plain), plain_state

@@ -10,7 +10,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SCRIPT = textwrap.dedent('''
     import jax, jax.numpy as jnp, numpy as np
-    from sparsenas_jax import parallel
+    from sparsenas_jax.runtime import parallel
     from sparsenas_jax.experiments import cnn_search as cs
     import configs.cnn_search as cfg
     assert jax.device_count() == 4, jax.devices()
@@ -35,10 +35,11 @@ SCRIPT = textwrap.dedent('''
                                  split=split)
       f = step if split else jax.jit(step)
       for i in range(2):
-        batch = lambda split, seed: parallel.shard_batch(dict(zip(
-            ('image', 'label'), cs.data.batch_at(split, 16, seed, i))), mesh)
-        state, _ = f(state, batch(d.train, 0), batch(d.val, 1),
-                     jax.random.fold_in(jax.random.key(0), i))
+        part = lambda split, seed: dict(zip(
+            ('image', 'label'), cs.data.batch_at(split, 16, seed, i)))
+        batch = parallel.shard_batch(
+            {'train': part(d.train, 0), 'val': part(d.val, 1)}, mesh)
+        state, _ = f(state, batch, jax.random.fold_in(jax.random.key(0), i))
       if n == 4:
         leaf = jax.tree.leaves(state.arch)[0]
         assert len(leaf.sharding.device_set) == 4  # replicated on all 4

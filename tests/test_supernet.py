@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from sparsenas_jax import models
+from sparsenas_jax import search_space
 from sparsenas_jax.models import batched_cell
 from sparsenas_jax.models import ops as ops_lib
 
@@ -160,7 +161,7 @@ def test_dil_conv_op_matches_numpy():
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize('name', models.DARTS_OPS)
+@pytest.mark.parametrize('name', search_space.DARTS_OPS)
 def test_op_shapes_and_parameter_counts(name):
   x = jax.ShapeDtypeStruct((2, 8, 8, C), jnp.float32)
   k = int(name[-1]) if name[-1].isdigit() else 0
@@ -194,13 +195,31 @@ def test_batch_norm_is_stateless_batch_statistics():
 # ----------------------------------------------------------------------------
 
 
+def test_search_space_is_one_source():
+  assert models.DARTS_OPS is search_space.DARTS_OPS
+  assert models.arch_shapes is search_space.arch_shapes
+  assert set(search_space.CONV_OPS) == set(search_space.DARTS_OPS) - {
+      'max_pool_3x3', 'avg_pool_3x3', 'skip_connect'}
+  net = models.SearchNetwork(C=C, num_classes=3, layers=8)
+  assert net.reduction_layers() == search_space.reduction_layers(8) == (2, 5)
+  assert [search_space.edge_stride(r, i) for r in (False, True)
+          for i in range(4)] == [1, 1, 1, 1, 2, 2, 1, 1]
+  assert search_space.check_ops(['skip_connect']) == ('skip_connect',)
+  for bad, problem in (('skip_connect', 'the string'), ((), 'empty'),
+                       (('skip_connect',) * 2, 'duplicates')):
+    with pytest.raises(ValueError, match=problem):
+      search_space.check_ops(bad)
+
+
 def test_init_arch_shapes_and_scale():
   arch = models.init_arch(jax.random.key(0), nodes=3)
-  assert set(arch) == set(models.cell_types) == {'normal', 'reduce'}
-  n_ops = len(models.DARTS_OPS)
-  for cell_type in models.cell_types:
+  assert set(arch) == set(search_space.CELL_TYPES) == {'normal', 'reduce'}
+  n_ops = len(search_space.DARTS_OPS)
+  for cell_type in search_space.CELL_TYPES:
     assert {k: v.shape for k, v in arch[cell_type].items()} == {
         'node_0': (2, n_ops), 'node_1': (3, n_ops), 'node_2': (4, n_ops)}
+    assert {k: v.shape for k, v in arch[cell_type].items()} == (
+        search_space.arch_shapes(3, n_ops))
   values = np.concatenate([np.ravel(v) for v in jax.tree.leaves(arch)])
   assert values.dtype == np.float32
   # 1/|O| plus 1e-3 noise: near 1/7, yet not all equal.
@@ -245,7 +264,7 @@ def test_reduction_cell_halves_resolution_and_concats_nodes():
 def test_cell_output_is_linear_in_the_arch_weights():
   cell = models.SearchCell(C, nodes=1)
   s0, s1 = _images(11, (2, 8, 8, 6)), _images(12, (2, 8, 8, 5))
-  n_ops = len(models.DARTS_OPS)
+  n_ops = len(search_space.DARTS_OPS)
   rng = np.random.default_rng(13)
   a1, a2 = (rng.normal(size=(2, n_ops)).astype(np.float32) for _ in '12')
   params = _init_params(cell, 14, s0, s1, {'node_0': a1})

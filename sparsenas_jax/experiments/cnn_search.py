@@ -5,13 +5,15 @@ configured architecture optimizer (AdamHAPG by default) from the bi-level
 hypergradient (``bilevel.darts_hypergradient``), with the SGL strength λ
 raised by ``config.lambda_step`` every epoch; then the network weights w on a
 training batch with SGD (momentum, cosine learning rate, weight decay,
-gradient clipping). The whole step is one jitted pure function, compiled
-once. At the end the mixed-path genotype is derived from the exactly sparse
-proximal point of the architecture optimizer and written to the workdir
-(``genotype.json``, ``genotype.png``, ``search_results.json``).
+gradient clipping). The step is a pure function of (state, batches, key),
+compiled once, as separately compiled programs (``step_compilation='split'``,
+the default) or one (``'fused'``); ``runtime.loop`` runs it. At the end the
+mixed-path genotype is derived from the exactly sparse proximal point of the
+architecture optimizer and written to the workdir (``genotype.json``,
+``genotype.png``, ``architecture.npz``, ``search_results.json``).
 
-The job is a library: ``create_state``, ``make_search_step``, ``evaluate``
-and ``run(config, workdir)``.
+The job is a library: ``load_data``, ``make_model``, ``create_state``,
+``make_search_step``, ``make_eval_step`` and ``run(config, workdir)``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import functools
 import json
 import os
 import resource
-import time
 from typing import Any, NamedTuple
 
 from absl import logging
@@ -31,17 +32,20 @@ import numpy as np
 import optax
 
 from sparsenas_jax import bilevel
-from sparsenas_jax import checkpointing
-from sparsenas_jax import compilation
 from sparsenas_jax import data
 from sparsenas_jax import genotype as genotype_lib
 from sparsenas_jax import optim
-from sparsenas_jax import parallel
+from sparsenas_jax import viz
 from sparsenas_jax.errors import ConfigError
 from sparsenas_jax.experiments import common
-from sparsenas_jax.metric_writers import MetricWriter
+from sparsenas_jax.models import complexity
 from sparsenas_jax.models import supernet
-from sparsenas_jax.models.ops import DARTS_OPS
+from sparsenas_jax.runtime import compilation
+from sparsenas_jax.runtime import divergence
+from sparsenas_jax.runtime import evaluation
+from sparsenas_jax.runtime import loop
+from sparsenas_jax.runtime import parallel
+from sparsenas_jax.search_space import DARTS_OPS
 
 ARCH_OPTIMIZERS = ('adam_hapg', 'hapg', 'adam')
 DATASETS = ('digits', 'cifar10', 'cifar100')
@@ -254,19 +258,22 @@ def make_search_step(config, model, weight_opt, arch_opt, total_steps,
                      mean, std, *, split: bool = False, store=None):
   """The search step (Alg. 1): architecture update, then weights.
 
-  Returns ``step(state, train_batch, val_batch, key) -> (state, metrics)``,
-  a pure function. With ``split=False`` it is meant to be jitted whole, as
-  one XLA program. With ``split=True`` it is plain Python calling separately
+  Returns ``step(state, batch, key) -> (state, metrics)``, a pure function
+  of ``batch = {'train': b, 'val': b}`` (``b = {'image', 'label'}``, the
+  weight-training and architecture-validation batches). ``metrics`` holds
+  the step's scalars and ``metrics['finite']`` (``runtime.divergence``):
+  the losses, both gradients and both parameter sets.
+
+  With ``split=False`` the step is meant to be jitted whole, as one XLA
+  program. With ``split=True`` it is plain Python calling separately
   compiled programs (``compilation.LazyCompiled``, compiled on the first
   step, and only those the hypergradient mode calls): the loss gradients
-  (``grads``: ∇_w and ∇_A, called one to three times per step), the
-  architecture gradient alone (``arch_grads``, about a third cheaper: the
-  first-order architecture step and the two finite-difference points), the
-  mixed second derivative of the exact mode, and small programs for
-  augmentation and the two optimizer updates. The same arithmetic; on
-  XLA:CPU, where compile time grows super-linearly with program size, a
-  supernet's whole second-order step compiles several times slower than its
-  pieces, and peak memory is that of the largest piece. ``step.pieces``
+  (``grads``: ∇_w and ∇_A), the architecture gradient alone
+  (``arch_grads``: the first-order architecture step and the two
+  finite-difference points), the mixed second derivative of the exact mode,
+  and small programs for augmentation and the two optimizer updates. The
+  arithmetic is the same; separately compiled pieces compile faster on
+  XLA:CPU and peak at the memory of the largest piece. ``step.pieces``
   holds the programs (their ``compile_s``); with a
   ``compilation.ExecutableStore`` as ``store`` they are loaded from there
   when it has them.
@@ -274,13 +281,13 @@ def make_search_step(config, model, weight_opt, arch_opt, total_steps,
   lr_schedule = weight_schedule(config, total_steps)
   pad = config.crop_padding
 
-  def augment(key, train_batch, val_batch):
-    def one(key, batch):
-      images = data.darts_augment(key, common.as_float(batch['image']), pad=pad,
+  def augment(key, batch):
+    def one(key, b):
+      images = data.darts_augment(key, common.as_float(b['image']), pad=pad,
                                   flip=config.flip, mean=mean, std=std)
-      return {'image': images, 'label': batch['label']}
+      return {'image': images, 'label': b['label']}
     train_key, val_key = jax.random.split(key)
-    return one(train_key, train_batch), one(val_key, val_batch)
+    return one(train_key, batch['train']), one(val_key, batch['val'])
 
   def grads(weights, arch, batch):
     """(loss, accuracy, ∇_w loss, ∇_A loss)."""
@@ -299,12 +306,16 @@ def make_search_step(config, model, weight_opt, arch_opt, total_steps,
     return optax.apply_updates(arch, updates), arch_opt_state
 
   def weight_update(state, arch, arch_opt_state, g_w, loss, accuracy,
-                    arch_val_loss):
+                    arch_val_loss, arch_grad):
     updates, weight_opt_state = weight_opt.update(
         g_w, state.weight_opt_state, state.weights)
     weights = optax.apply_updates(state.weights, updates)
     metrics = {'train_loss': loss, 'train_accuracy': accuracy,
-               'arch_val_loss': arch_val_loss}
+               'arch_val_loss': arch_val_loss,
+               divergence.KEY: divergence.finite_flags(
+                   train_loss=loss, arch_val_loss=arch_val_loss,
+                   weight_gradient=g_w, arch_gradient=arch_grad,
+                   weights=weights, arch=arch)}
     return SearchState(state.step + 1, weights, arch, weight_opt_state,
                        arch_opt_state), metrics
 
@@ -328,8 +339,8 @@ def make_search_step(config, model, weight_opt, arch_opt, total_steps,
       train_arch_grads=pieces['arch_grads'],
       val_arch_grads=pieces['arch_grads'])
 
-  def step(state: SearchState, train_batch, val_batch, key):
-    train_batch, val_batch = pieces['augment'](key, train_batch, val_batch)
+  def step(state: SearchState, batch, key):
+    train_batch, val_batch = pieces['augment'](key, batch)
     # Step 1: A, from the hypergradient of Eq. 11-13 on the val batch. The
     # unrolled weight step mirrors the real one (momentum, weight decay).
     momentum_buffer = optax.tree_utils.tree_get(state.weight_opt_state,
@@ -344,36 +355,22 @@ def make_search_step(config, model, weight_opt, arch_opt, total_steps,
     # Step 2: w, on the training batch with the new A.
     loss, accuracy, g_w, _ = pieces['grads'](state.weights, arch, train_batch)
     return pieces['weight_update'](state, arch, arch_opt_state, g_w, loss,
-                                   accuracy, arch_val_loss)
+                                   accuracy, arch_val_loss, arch_grad)
 
   step.pieces = pieces
   return step
 
 
 def make_eval_step(model, mean, std):
+  """Masked sums of the supernet's correct predictions and losses."""
   def eval_step(weights, arch, batch):
     images = data.normalize(common.as_float(batch['image']), mean, std)
     logits = model.apply({'params': weights}, images, arch)
-    return {
-        'correct': jnp.sum(jnp.argmax(logits, -1) == batch['label']),
-        'loss_sum': jnp.sum(optax.softmax_cross_entropy_with_integer_labels(
-            logits, batch['label'])),
-    }
+    return evaluation.masked_sums({
+        'test_accuracy': jnp.argmax(logits, -1) == batch['label'],
+        'test_loss': optax.softmax_cross_entropy_with_integer_labels(
+            logits, batch['label'])}, batch['mask'])
   return eval_step
-
-
-def evaluate(eval_step, weights, arch, images, labels, batch_size, mesh):
-  """Supernet accuracy and loss over a whole split (full batches only)."""
-  n = (len(images) // batch_size) * batch_size
-  correct = loss = 0.0
-  for i in range(0, n, batch_size):
-    batch = parallel.shard_batch(
-        {'image': images[i:i + batch_size],
-         'label': labels[i:i + batch_size]}, mesh)
-    out = eval_step(weights, arch, batch)
-    correct += float(out['correct'])
-    loss += float(out['loss_sum'])
-  return {'accuracy': correct / max(n, 1), 'loss': loss / max(n, 1)}
 
 
 # ---------------------------------------------------------------------------
@@ -391,10 +388,16 @@ def create_state(config, model, sample, weight_opt, arch_opt_fn):
                      weight_opt.init(weights), arch_opt.init(arch)), arch_opt
 
 
+DIVERGENCE_HINT = 'config.learning_rate or config.arch_learning_rate'
+LOG_KEYS = (('train_loss', '.3f'), ('train_accuracy', '.3f'),
+            ('arch_val_loss', '.3f'), ('test_accuracy', '.3f'),
+            ('lambda', '.3f'), ('ops_nonzero', '.0f'), ('nodes_live', '.0f'))
+
+
 def run(config: ml_collections.ConfigDict, workdir: str):
   """Runs (or resumes) a search; returns the final summary dict."""
   ops = validate(config)
-  mesh = common.start_job(config, workdir)
+  mesh = loop.start(config, workdir)
   search_data = load_data(config)
   num_train = len(search_data.train[0])
   if config.batch_size > min(num_train, len(search_data.val[0])):
@@ -403,129 +406,98 @@ def run(config: ml_collections.ConfigDict, workdir: str):
   steps_per_epoch = data.steps_per_epoch(num_train, config.batch_size)
   total_steps = steps_per_epoch * config.epochs
   # A rerun's stored programs start loading now, while the state is built.
-  store = common.executable_store(
+  store = compilation.job_store(
       config, workdir, search_data.mean.tolist(), search_data.std.tolist(),
       search_data.num_classes, total_steps)
   model = make_model(config, search_data.num_classes)
   sample = jnp.zeros((1,) + search_data.train[0].shape[1:], jnp.float32)
   weight_opt = make_weight_optimizer(config, total_steps)
-  state, arch_opt = create_state(
-      config, model, sample, weight_opt,
-      lambda a: make_arch_optimizer(config, a, steps_per_epoch))
-  checkpointer = checkpointing.Checkpointer(workdir)
-  start = checkpointer.latest_step()
-  if start is not None:
-    state = checkpointer.restore(state)
-    logging.info('resumed from the checkpoint of step %d', start)
-  state = parallel.replicate(state, mesh)
-  base_key = jax.random.key(config.seed)
-  logging.info('supernet: %d weights, %d architecture weights; %d steps/epoch',
-               supernet.count_params(state.weights),
-               supernet.count_params(state.arch), steps_per_epoch)
+  arch_opt = None
+
+  def init_state():
+    nonlocal arch_opt
+    state, arch_opt = create_state(
+        config, model, sample, weight_opt,
+        lambda a: make_arch_optimizer(config, a, steps_per_epoch))
+    logging.info('supernet: %d weights, %d architecture weights; %d '
+                 'steps/epoch', supernet.count_params(state.weights),
+                 supernet.count_params(state.arch), steps_per_epoch)
+    return state
 
   mean, std = jnp.asarray(search_data.mean), jnp.asarray(search_data.std)
   split = config.step_compilation == 'split'
-  step_fn = make_search_step(config, model, weight_opt, arch_opt, total_steps,
-                             mean, std, split=split, store=store)
-  batch_of = lambda split, seed, step: parallel.shard_batch(
-      dict(zip(('image', 'label'),
-               data.batch_at(split, config.batch_size, seed, step))), mesh)
-  first = int(state.step)
-  if split:  # its programs compile during the first step, below
-    search_step, compile_s = step_fn, None
-  else:
-    example = (state, batch_of(search_data.train, 2 * config.seed, first),
-               batch_of(search_data.val, 2 * config.seed + 1, first),
-               jax.random.fold_in(base_key, first))
-    search_step, compile_s = compilation.compile_step(
-        step_fn, example, cpu_fast_compile=config.cpu_fast_compile,
-        donate=(0,), store=store, name='search_step')
-  eval_step, eval_compile_s = compilation.compile_step(
-      make_eval_step(model, mean, std),
-      (state.weights, state.arch, batch_of(search_data.test, 0, 0)),
-      cpu_fast_compile=config.cpu_fast_compile, store=store, name='eval_step')
-  if compile_s is not None:
-    logging.info('compiled (or loaded) the search step in %.1f s, the eval '
-                 'step in %.1f s', compile_s, eval_compile_s)
+  pieces = {}
 
-  writer = MetricWriter(workdir)
-  summary = {'compile_s': compile_s or 0.0, 'eval_compile_s': eval_compile_s,
-             'programs_loaded': store.loaded}
-  epoch_metrics, t_epoch = [], time.perf_counter()
-  t_start, first_run_step = time.perf_counter(), first
-  for step in range(first, total_steps):
-    state, metrics = search_step(
-        state, batch_of(search_data.train, 2 * config.seed, step),
-        batch_of(search_data.val, 2 * config.seed + 1, step),
-        jax.random.fold_in(base_key, step))
-    epoch_metrics.append(metrics)
-    if compile_s is None:  # the split step's first step: it compiled
-      compile_s = sum(p.compile_s for p in step_fn.pieces.values())
-      summary.update(compile_s=compile_s, programs_loaded=store.loaded)
-      logging.info(
-          'first search step in %.1f s, of which compiling (or loading) %s; '
-          'the eval step in %.1f s; %d of these programs loaded from %s',
-          time.perf_counter() - t_start, ', '.join(
-              f'{name} {p.compile_s:.1f} s'
-              for name, p in step_fn.pieces.items() if p.compile_s),
-          eval_compile_s, store.loaded, store.directory)
-      # Rates and ETA count from here, as after an ahead-of-time compile.
-      t_epoch = t_start = time.perf_counter()
-      first_run_step = step + 1
-    if (step + 1) % steps_per_epoch and step + 1 != total_steps:
-      continue
-    epoch = (step + 1) // steps_per_epoch
-    scalars = {k: float(np.mean([m[k] for m in epoch_metrics]))
-               for k in epoch_metrics[0]}
-    arch = architecture(config, state)
-    counts = genotype_lib.sparsity_counts(parallel.to_host(arch))
-    if epoch % config.eval_every_epochs == 0 or step + 1 == total_steps:
-      test = evaluate(eval_step, state.weights, arch, *search_data.test,
-                      config.batch_size, mesh)
-      scalars.update({'test_accuracy': test['accuracy'],
-                      'test_loss': test['loss']})
-    elapsed = time.perf_counter() - t_epoch
-    rate = len(epoch_metrics) / elapsed
-    scalars.update({
-        'lambda': config.lambda_step * (step // steps_per_epoch),
-        'ops_nonzero': counts['ops_nonzero'],
-        'nodes_live': counts['nodes_live'], 'steps_per_s': rate,
-        'learning_rate': float(weight_schedule(config, total_steps)(step))})
-    writer.write_scalars(step + 1, scalars)
-    eta = (total_steps - step - 1) / max(
-        (step + 1 - first_run_step) / (time.perf_counter() - t_start), 1e-9)
-    logging.info(
-        'epoch %d/%d  loss %.3f  train acc %.3f  arch val loss %.3f  '
-        'test acc %s  λ %.3f  ops %d/%d  nodes %d/%d  %.2f steps/s  ETA %.0fs',
-        epoch, config.epochs, scalars['train_loss'],
-        scalars['train_accuracy'], scalars['arch_val_loss'],
-        f"{scalars['test_accuracy']:.3f}" if 'test_accuracy' in scalars
-        else '-', scalars['lambda'], counts['ops_nonzero'],
-        counts['ops_total'], counts['nodes_live'], counts['nodes_total'],
-        rate, eta)
-    checkpointer.save(step + 1, state)
-    epoch_metrics, t_epoch = [], time.perf_counter()
-    summary.update(scalars)
-  checkpointer.close()
-  writer.close()
+  def compile_step(state, batch, key):
+    step_fn = make_search_step(config, model, weight_opt, arch_opt,
+                               total_steps, mean, std, split=split,
+                               store=store)
+    if split:  # its programs compile during the first step
+      pieces.update(step_fn.pieces)
+      return step_fn
+    compiled, pieces['search_step'] = compilation.compile_step(
+        step_fn, (state, batch, key), cpu_fast_compile=config.cpu_fast_compile,
+        donate=(0,), store=store, name='search_step')
+    return compiled
+
+  eval_step = compilation.LazyCompiled(
+      make_eval_step(model, mean, std),
+      cpu_fast_compile=config.cpu_fast_compile, store=store, name='eval_step')
+
+  def batch_at(step):
+    part = lambda split, seed: dict(zip(
+        ('image', 'label'), data.batch_at(split, config.batch_size, seed,
+                                          step)))
+    return {'train': part(search_data.train, 2 * config.seed),
+            'val': part(search_data.val, 2 * config.seed + 1)}
+
+  def epoch_scalars(state, step):
+    counts = genotype_lib.sparsity_counts(
+        parallel.to_host(architecture(config, state)))
+    return {'lambda': config.lambda_step * ((step - 1) // steps_per_epoch),
+            'ops_nonzero': counts['ops_nonzero'],
+            'nodes_live': counts['nodes_live'],
+            'learning_rate': float(weight_schedule(config, total_steps)(
+                step - 1))}
+
+  def evaluate(state):
+    return evaluation.evaluate(
+        eval_step, (state.weights, architecture(config, state)),
+        evaluation.array_reader(*search_data.test),
+        len(search_data.test[0]), config.batch_size, mesh)
+
+  job = loop.Job(
+      init_state=init_state, compile=compile_step, batch_at=batch_at,
+      total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+      seed=config.seed, divergence_hint=DIVERGENCE_HINT, evaluate=evaluate,
+      eval_every_epochs=config.eval_every_epochs, epoch_scalars=epoch_scalars,
+      log_keys=LOG_KEYS)
+  state, summary = loop.run(job, workdir, mesh)
+  compiled = {name: (p if isinstance(p, float) else p.compile_s)
+              for name, p in pieces.items()}
+  if compiled:
+    logging.info('compiling (or loading) took %s; the eval step %.1f s; %d '
+                 'programs loaded from %s', ', '.join(
+                     f'{n} {s:.1f} s' for n, s in compiled.items() if s),
+                 eval_step.compile_s, store.loaded, store.directory)
+  summary.update(compile_s=sum(compiled.values()),
+                 eval_compile_s=eval_step.compile_s,
+                 programs_loaded=store.loaded)
   return _finish(config, state, ops, workdir, summary)
 
 
 def _finish(config, state, ops, workdir, summary):
-  """Derives, saves and pictures the genotype; writes search_results.json."""
-  metrics_path = os.path.join(workdir, 'metrics.jsonl')
-  if 'train_loss' not in summary and os.path.exists(metrics_path):
-    # Resumed after the last step: report the last epoch's scalars.
-    with open(metrics_path) as f:
-      lines = f.read().splitlines()
-    summary = {**json.loads(lines[-1]), **summary} if lines else summary
+  """Derives, saves and pictures the genotype; writes search_results.json
+  (process 0)."""
   arch = parallel.to_host(architecture(config, state))
+  if jax.process_index() != 0:
+    return summary
   np.savez(os.path.join(workdir, 'architecture.npz'),
            **{f'{t}/{n}': v for t in arch for n, v in arch[t].items()})
   genotype = genotype_lib.derive_genotype(arch, ops)
   genotype_lib.save_genotype(genotype, os.path.join(workdir, 'genotype.json'))
-  genotype_lib.plot_genotype(genotype, os.path.join(workdir, 'genotype.png'))
-  stats = genotype_lib.genotype_stats(genotype, config.init_channels)
+  viz.plot_genotype(genotype, os.path.join(workdir, 'genotype.png'))
+  stats = complexity.genotype_stats(genotype, config.init_channels)
   summary = {**summary, 'genotype_stats': stats,
              'counts': genotype_lib.sparsity_counts(arch),
              'peak_rss_gb': resource.getrusage(

@@ -16,12 +16,10 @@ command resumes from the latest one, on the same batches.
 
 from __future__ import annotations
 
-from concurrent import futures
 import json
 import os
 import resource
-import time
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple
 
 from absl import logging
 import jax
@@ -30,17 +28,17 @@ import ml_collections
 import numpy as np
 import optax
 
-from sparsenas_jax import checkpointing
-from sparsenas_jax import compilation
 from sparsenas_jax import data
 from sparsenas_jax import genotype as genotype_lib
-from sparsenas_jax import parallel
 from sparsenas_jax.data import imagenet
 from sparsenas_jax.errors import ConfigError
 from sparsenas_jax.experiments import common
-from sparsenas_jax.metric_writers import MetricWriter
 from sparsenas_jax.models import complexity
 from sparsenas_jax.models import eval_network
+from sparsenas_jax.runtime import compilation
+from sparsenas_jax.runtime import divergence
+from sparsenas_jax.runtime import evaluation
+from sparsenas_jax.runtime import loop
 
 DATASETS = ('digits', 'cifar10', 'cifar100', 'imagenet2012')
 LR_SCHEDULES = ('cosine', 'exponential')
@@ -250,56 +248,30 @@ def make_train_step(config, model, optimizer, steps_per_epoch: int, mean,
     params = optax.apply_updates(state.params, updates)
     metrics = {'train_loss': loss,
                'train_accuracy': jnp.mean(jnp.argmax(logits, -1) == labels),
-               'drop_prob': drop_prob}
+               'drop_prob': drop_prob,
+               divergence.KEY: divergence.finite_flags(
+                   train_loss=loss, gradient=grads, params=params,
+                   batch_stats=batch_stats)}
     return TrainState(state.step + 1, params, batch_stats, opt_state), metrics
 
   return step
 
 
 def make_eval_step(model, mean, std):
-  """Sums of correct top-1 / top-5 predictions and losses over ``mask``."""
+  """Masked sums of correct top-1 / top-5 predictions and of losses."""
   def eval_step(params, batch_stats, batch):
     images = data.normalize(common.as_float(batch['image']), mean, std)
     logits, _ = model.apply({'params': params, 'batch_stats': batch_stats},
                             images, train=False)
-    labels, mask = batch['label'], batch['mask']
+    labels = batch['label']
     k = min(5, logits.shape[-1])
     top_k = jax.lax.top_k(logits, k)[1]
-    return {
-        'correct': jnp.sum((top_k[:, 0] == labels) * mask),
-        'correct_top5': jnp.sum(jnp.any(top_k == labels[:, None], -1) * mask),
-        'loss_sum': jnp.sum(optax.softmax_cross_entropy_with_integer_labels(
-            logits, labels) * mask),
-    }
+    return evaluation.masked_sums({
+        'accuracy': top_k[:, 0] == labels,
+        'top5_accuracy': jnp.any(top_k == labels[:, None], -1),
+        'loss': optax.softmax_cross_entropy_with_integer_labels(
+            logits, labels)}, batch['mask'])
   return eval_step
-
-
-def _padded(batch, size: int):
-  """``batch`` padded with zeros to ``size`` examples, with a 0/1 mask."""
-  n = len(batch['label'])
-  pad = lambda a: np.concatenate(
-      [a, np.zeros((size - n,) + a.shape[1:], a.dtype)])
-  return {'image': pad(batch['image']), 'label': pad(batch['label']),
-          'mask': pad(np.ones(n, np.float32))}
-
-
-def evaluate(eval_step, state, train_data: TrainData, batch_size: int,
-             mesh, limit: Optional[int] = None) -> dict[str, float]:
-  """Top-1/top-5 accuracy and loss over the whole test set (every example:
-  the last batch is padded and masked, so nothing recompiles)."""
-  n = train_data.num_test if limit is None else min(limit,
-                                                    train_data.num_test)
-  sums = {'correct': 0.0, 'correct_top5': 0.0, 'loss_sum': 0.0}
-  for start in range(0, n, batch_size):
-    batch = _padded(train_data.test_slice(start, min(start + batch_size, n)),
-                    batch_size)
-    out = eval_step(state.params, state.batch_stats,
-                    parallel.shard_batch(batch, mesh))
-    for k in sums:
-      sums[k] += float(out[k])
-  return {'accuracy': sums['correct'] / n,
-          'top5_accuracy': sums['correct_top5'] / n,
-          'error': 1 - sums['correct'] / n, 'loss': sums['loss_sum'] / n}
 
 
 # ---------------------------------------------------------------------------
@@ -318,10 +290,16 @@ def model_complexity(model, variables, image_shape) -> dict[str, float]:
           'macs': macs}
 
 
+DIVERGENCE_HINT = 'config.learning_rate (or config.grad_clip)'
+LOG_KEYS = (('train_loss', '.3f'), ('train_accuracy', '.3f'),
+            ('test_error', '.4f'), ('learning_rate', '.4f'),
+            ('drop_prob', '.3f'))
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (or resumes training) the genotype; returns the final metrics."""
   genotype = validate(config)
-  mesh = common.start_job(config, workdir)
+  mesh = loop.start(config, workdir)
   train_data = load_data(config)
   if config.batch_size > train_data.num_train:
     raise ConfigError(f'config.batch_size={config.batch_size} exceeds the '
@@ -331,7 +309,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   total_steps = steps_per_epoch * config.epochs
   # A rerun's stored programs start loading now, while the state is built.
   # The genotype may come from a file: its text is part of the key.
-  store = common.executable_store(
+  store = compilation.job_store(
       config, workdir, genotype.to_json(), np.asarray(train_data.mean).tolist(),
       np.asarray(train_data.std).tolist(), train_data.num_classes,
       steps_per_epoch)
@@ -344,89 +322,57 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                sizes['params'] / 1e6, sizes['params_with_aux'] / 1e6,
                sizes['macs'] / 1e6, steps_per_epoch)
   optimizer = make_optimizer(config, steps_per_epoch)
-  state = TrainState(jnp.zeros([], jnp.int32), variables['params'],
-                     variables['batch_stats'],
-                     optimizer.init(variables['params']))
-  checkpointer = checkpointing.Checkpointer(workdir)
-  if checkpointer.latest_step() is not None:
-    state = checkpointer.restore(state)
-    logging.info('resumed from the checkpoint of step %d',
-                 checkpointer.latest_step())
-  state = parallel.replicate(state, mesh)
-
   mean = jnp.asarray(train_data.mean)
   std = jnp.asarray(train_data.std)
-  base_key = jax.random.key(config.seed)
-  batch_of = lambda step: parallel.shard_batch(train_data.train_batch(step),
-                                               mesh)
-  first = int(state.step)
-  train_step, compile_s = compilation.compile_step(
-      make_train_step(config, model, optimizer, steps_per_epoch, mean, std),
-      (state, batch_of(first), jax.random.fold_in(base_key, first)),
-      cpu_fast_compile=config.cpu_fast_compile, donate=(0,), store=store,
-      name='train_step')
-  eval_step, eval_compile_s = compilation.compile_step(
-      make_eval_step(model, mean, std),
-      (state.params, state.batch_stats, parallel.shard_batch(
-          _padded(train_data.test_slice(0, 1), config.batch_size), mesh)),
-      cpu_fast_compile=config.cpu_fast_compile, store=store, name='eval_step')
-  logging.info('compiled (or loaded) the train step in %.1f s, the eval step '
-               'in %.1f s; %d of them loaded from %s', compile_s,
-               eval_compile_s, store.loaded, store.directory)
-
-  writer = MetricWriter(workdir)
-  summary: dict[str, Any] = {'compile_s': compile_s,
-                             'eval_compile_s': eval_compile_s, **sizes}
   lr_schedule = learning_rate_schedule(config, steps_per_epoch)
-  epoch_metrics, t_epoch = [], time.perf_counter()
-  t_start = time.perf_counter()
-  prefetcher = futures.ThreadPoolExecutor(1)
-  next_batch = prefetcher.submit(batch_of, first)
-  for step in range(first, total_steps):
-    batch = next_batch.result()
-    if step + 1 < total_steps:  # read the next batch while this step runs
-      next_batch = prefetcher.submit(batch_of, step + 1)
-    state, metrics = train_step(state, batch,
-                                jax.random.fold_in(base_key, step))
-    epoch_metrics.append(metrics)
-    if (step + 1) % steps_per_epoch and step + 1 != total_steps:
-      continue
-    epoch = (step + 1) // steps_per_epoch
-    scalars = {k: float(np.mean([m[k] for m in epoch_metrics]))
-               for k in epoch_metrics[0]}
-    elapsed = time.perf_counter() - t_epoch
-    scalars['images_per_s'] = len(epoch_metrics) * config.batch_size / elapsed
-    scalars['learning_rate'] = float(lr_schedule(jnp.asarray(step)))
-    if epoch % config.eval_every_epochs == 0 or step + 1 == total_steps:
-      test = evaluate(eval_step, state, train_data, config.batch_size, mesh,
-                      config.eval_limit or None)
-      scalars.update({f'test_{k}': v for k, v in test.items()})
-    writer.write_scalars(step + 1, scalars)
-    rate = (step + 1 - first) / (time.perf_counter() - t_start)
-    logging.info(
-        'epoch %d/%d  loss %.3f  train acc %.3f  test error %s  lr %.4f  '
-        'drop path %.3f  %.0f images/s  ETA %.0fs', epoch, config.epochs,
-        scalars['train_loss'], scalars['train_accuracy'],
-        f"{scalars['test_error']:.4f}" if 'test_error' in scalars else '-',
-        scalars['learning_rate'], scalars['drop_prob'],
-        scalars['images_per_s'], (total_steps - step - 1) / max(rate, 1e-9))
-    checkpointer.save(step + 1, state)
-    epoch_metrics, t_epoch = [], time.perf_counter()
-    summary.update(scalars)
-  prefetcher.shutdown()
-  checkpointer.close()
-  writer.close()
-  if 'test_error' not in summary:  # resumed after the last step
-    summary.update({f'test_{k}': v for k, v in evaluate(
-        eval_step, state, train_data, config.batch_size, mesh,
-        config.eval_limit or None).items()})
+
+  def init_state():
+    return TrainState(jnp.zeros([], jnp.int32), variables['params'],
+                      variables['batch_stats'],
+                      optimizer.init(variables['params']))
+
+  def compile_step(state, batch, key):
+    compiled, _ = compilation.compile_step(
+        make_train_step(config, model, optimizer, steps_per_epoch, mean, std),
+        (state, batch, key), cpu_fast_compile=config.cpu_fast_compile,
+        donate=(0,), store=store, name='train_step')
+    return compiled
+
+  eval_step = compilation.LazyCompiled(
+      make_eval_step(model, mean, std),
+      cpu_fast_compile=config.cpu_fast_compile, store=store, name='eval_step')
+
+  def evaluate(state):
+    test = evaluation.evaluate(
+        eval_step, (state.params, state.batch_stats), train_data.test_slice,
+        train_data.num_test, config.batch_size, mesh,
+        config.eval_limit or None)
+    test['error'] = 1 - test['accuracy']
+    return {f'test_{k}': v for k, v in test.items()}
+
+  def epoch_scalars(state, step):
+    del state
+    return {'learning_rate': float(lr_schedule(jnp.asarray(step - 1)))}
+
+  job = loop.Job(
+      init_state=init_state, compile=compile_step,
+      batch_at=train_data.train_batch, total_steps=total_steps,
+      steps_per_epoch=steps_per_epoch, seed=config.seed,
+      divergence_hint=DIVERGENCE_HINT, evaluate=evaluate,
+      eval_every_epochs=config.eval_every_epochs, epoch_scalars=epoch_scalars,
+      log_keys=LOG_KEYS)
+  state, summary = loop.run(job, workdir, mesh)
+  summary.update(sizes)
   summary.update({
+      'images_per_s': summary.get('steps_per_s', 0.0) * config.batch_size,
+      'eval_compile_s': eval_step.compile_s, 'programs_loaded': store.loaded,
       'genotype': config.genotype, 'dataset': config.dataset,
       'epochs': config.epochs, 'steps': int(state.step),
       'peak_rss_gb': resource.getrusage(
           resource.RUSAGE_SELF).ru_maxrss / 2**20})
-  with open(os.path.join(workdir, 'results.json'), 'w') as f:
-    json.dump(summary, f, indent=1)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'results.json'), 'w') as f:
+      json.dump(summary, f, indent=1)
   logging.info('test error %.4f (top-5 %.4f) after %d epochs; %.3fM params',
                summary['test_error'], 1 - summary['test_top5_accuracy'],
                config.epochs, sizes['params'] / 1e6)

@@ -65,17 +65,10 @@ import jax.numpy as jnp
 from jax import lax
 import numpy as np
 
+from sparsenas_jax import search_space
 from sparsenas_jax.models.ops import BN_EPS
 from sparsenas_jax.models.ops import conv_init
 from sparsenas_jax.models.ops import window_counts
-
-# (kernel size, dilation, number of ReLU-depthwise-pointwise-BN blocks).
-_CONV_OPS = {
-    'sep_conv_3x3': (3, 1, 2),
-    'sep_conv_5x5': (5, 1, 2),
-    'dil_conv_3x3': (3, 2, 1),
-    'dil_conv_5x5': (5, 2, 1),
-}
 
 
 def stage_edges(nodes: int) -> list[list[list[tuple[int, int]]]]:
@@ -159,8 +152,8 @@ class MixedOpParams(nn.Module):
   def __call__(self) -> dict[str, Any]:
     c, out = self.channels, {}
     for op in self.ops:
-      if op in _CONV_OPS:
-        k, _, blocks = _CONV_OPS[op]
+      if op in search_space.CONV_OPS:
+        k, _, blocks = search_space.CONV_OPS[op]
         if blocks == 2:
           out[op] = _SepConvParams(c, k, self.num_edges, name=op)()
         else:
@@ -245,16 +238,16 @@ def stacked_to_reference_params(params: Mapping[str, Any], *, nodes: int
 
 def _conv_members(ops: Sequence[str]) -> list[str]:
   """The conv ops of ``ops``, SepConvs first (their block 1 follows)."""
-  conv = [op for op in ops if op in _CONV_OPS]
-  return ([op for op in conv if _CONV_OPS[op][2] == 2] +
-          [op for op in conv if _CONV_OPS[op][2] == 1])
+  conv = [op for op in ops if op in search_space.CONV_OPS]
+  return ([op for op in conv if search_space.CONV_OPS[op].blocks == 2] +
+          [op for op in conv if search_space.CONV_OPS[op].blocks == 1])
 
 
 def _pack_block(stacked, members: Sequence[str], block: str
                 ) -> dict[str, Any]:
   def leaf(op, name):
     p = stacked[op]
-    return (p[block] if _CONV_OPS[op][2] == 2 else p)[name]
+    return (p[block] if search_space.CONV_OPS[op].blocks == 2 else p)[name]
 
   return {'depthwise': tuple(leaf(op, 'depthwise')[..., 0, :]
                              for op in members),
@@ -284,7 +277,7 @@ def pack_stage_params(stacked: Mapping[str, Any], *, ops: Sequence[str],
   members = _conv_members(ops)
   if members:
     packed['block_0'] = _pack_block(stacked, members, 'block_0')
-    sep = [op for op in members if _CONV_OPS[op][2] == 2]
+    sep = [op for op in members if search_space.CONV_OPS[op].blocks == 2]
     if sep:
       packed['block_1'] = _pack_block(stacked, sep, 'block_1')
   if 'skip_connect' in ops and stride == 2:
@@ -517,7 +510,7 @@ def _conv_block(x: jax.Array, members: Sequence[str], packed, *,
   e = x.shape[0] if shared_input else x.shape[0] // len(members)
   y = jnp.concatenate([
       depthwise(x if shared_input else x[m * e:(m + 1) * e], kernel, stride,
-                _CONV_OPS[op][1])
+                search_space.CONV_OPS[op].dilation)
       for m, (op, kernel) in enumerate(zip(members, packed['depthwise']))])
   return _pointwise(y, packed['pointwise'])
 
@@ -644,7 +637,7 @@ def stage(x: jax.Array, weights: jax.Array, packed, *, stride: int,
 
   pools = [op for op in ops if op in ('max_pool_3x3', 'avg_pool_3x3')]
   members = _conv_members(ops)
-  sep = [op for op in members if _CONV_OPS[op][2] == 2]
+  sep = [op for op in members if search_space.CONV_OPS[op].blocks == 2]
   factorized = 'skip_connect' in ops and stride == 2
 
   pre_bn = [(_max_pool if op == 'max_pool_3x3' else _avg_pool)(x, stride)

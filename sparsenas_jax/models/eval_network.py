@@ -57,6 +57,7 @@ from jax import lax
 import numpy as np
 
 from sparsenas_jax import genotype as genotype_lib
+from sparsenas_jax import search_space
 from sparsenas_jax.models.ops import avg_pool_3x3
 from sparsenas_jax.models.ops import BN_EPS
 from sparsenas_jax.models.ops import conv2d
@@ -146,7 +147,7 @@ class EvalOp(nn.Module):
   """One kept op of a derived cell, C channels to C channels.
 
   Attributes:
-    op: a DARTS op name.
+    op: a name from ``search_space.DARTS_OPS``.
     channels: C.
     stride: 2 on the edges leaving a reduction cell's inputs, else 1.
   """
@@ -167,14 +168,14 @@ class EvalOp(nn.Module):
       return avg_pool_3x3(x, s)
     if op == 'skip_connect':
       return x if s == 1 else FactorizedReduce(c, name='reduce')(x, train)
-    kind, _, size = op.rpartition('_')
-    k = int(size.split('x')[0])
-    if kind == 'sep_conv':
-      x = DepthwiseSeparable(x.shape[-1], k, s, name='block_0')(x, train)
-      return DepthwiseSeparable(c, k, 1, name='block_1')(x, train)
-    if kind == 'dil_conv':
-      return DepthwiseSeparable(c, k, s, dilation=2, name='block_0')(x, train)
-    raise ValueError(f'EvalOp: unknown op {op!r}.')
+    if op not in search_space.CONV_OPS:
+      raise ValueError(f'EvalOp: unknown op {op!r}.')
+    k, dilation, blocks = search_space.CONV_OPS[op]
+    if blocks == 2:  # sep_conv: the first block keeps the input channels
+      x = DepthwiseSeparable(x.shape[-1], k, s, dilation,
+                             name='block_0')(x, train)
+      return DepthwiseSeparable(c, k, 1, dilation, name='block_1')(x, train)
+    return DepthwiseSeparable(c, k, s, dilation, name='block_0')(x, train)
 
 
 def live_nodes(nodes, concat) -> list[Any]:
@@ -236,7 +237,7 @@ class EvalCell(nn.Module):
     for node in live_nodes(self.nodes, self.concat):
       total = None
       for src, op_name, weight in node.inputs:
-        stride = 2 if self.reduction and src < 2 else 1
+        stride = search_space.edge_stride(self.reduction, src)
         op = EvalOp(op_name, c, stride,
                     name=f'node_{node.index}_from_{src}_{op_name}')
         h = op(states[src], train)
@@ -310,7 +311,7 @@ class EvalNetwork(nn.Module):
 
   @property
   def reduction_layers(self) -> tuple[int, int]:
-    return self.layers // 3, 2 * self.layers // 3
+    return search_space.reduction_layers(self.layers)
 
   @nn.compact
   def __call__(self, x, *, train: bool, drop_prob=0.0):

@@ -37,8 +37,7 @@ import jax.numpy as jnp
 from jax import lax
 import numpy as np
 
-DARTS_OPS = ('max_pool_3x3', 'avg_pool_3x3', 'skip_connect', 'sep_conv_3x3',
-             'sep_conv_5x5', 'dil_conv_3x3', 'dil_conv_5x5')
+from sparsenas_jax import search_space
 
 BN_EPS = 1e-5
 
@@ -299,29 +298,12 @@ class Identity(nn.Module):
     return x
 
 
-def check_ops(ops) -> tuple[str, ...]:
-  """Returns ``ops`` as a tuple; raises ValueError on an unknown name."""
-  if isinstance(ops, str):
-    raise ValueError(f'ops must be a sequence of op names, got the string '
-                     f'{ops!r}; valid names: {", ".join(DARTS_OPS)}.')
-  ops = tuple(ops)
-  unknown = [op for op in ops if op not in DARTS_OPS]
-  if unknown:
-    raise ValueError(f'unknown op {unknown[0]!r}; valid names: '
-                     f'{", ".join(DARTS_OPS)}.')
-  if not ops:
-    raise ValueError(f'ops is empty; valid names: {", ".join(DARTS_OPS)}.')
-  if len(set(ops)) != len(ops):
-    raise ValueError(f'ops has duplicates: {ops}.')
-  return ops
-
-
 def make_op(op: str, channels: int, stride: int, **module_kwargs: Any
             ) -> nn.Module:
   """The Flax module of one candidate op.
 
   Args:
-    op: a name from ``DARTS_OPS``.
+    op: a name from ``search_space.DARTS_OPS``.
     channels: input and output channels.
     stride: 1, or 2 on the edges leaving a reduction cell's inputs.
     **module_kwargs: passed to the module (``name=...``).
@@ -333,7 +315,7 @@ def make_op(op: str, channels: int, stride: int, **module_kwargs: Any
   Raises:
     ValueError: for an unknown op name or a stride other than 1 or 2.
   """
-  check_ops((op,))
+  search_space.check_ops((op,))
   if stride not in (1, 2):
     raise ValueError(f'stride must be 1 or 2, got {stride}.')
   if op == 'max_pool_3x3':
@@ -344,8 +326,8 @@ def make_op(op: str, channels: int, stride: int, **module_kwargs: Any
     if stride == 1:
       return Identity(**module_kwargs)
     return FactorizedReduce(channels, **module_kwargs)
-  kind, _, size = op.rpartition('_')
-  k = int(size.split('x')[0])
-  if kind == 'sep_conv':
-    return SepConv(channels, k, stride, **module_kwargs)
-  return DilConv(channels, k, stride, dilation=2, **module_kwargs)
+  conv = search_space.CONV_OPS[op]
+  if conv.blocks == 2:
+    return SepConv(channels, conv.kernel_size, stride, **module_kwargs)
+  return DilConv(channels, conv.kernel_size, stride, dilation=conv.dilation,
+                 **module_kwargs)

@@ -39,17 +39,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sparsenas_jax import search_space
 from sparsenas_jax.models import batched_cell
 from sparsenas_jax.models.ops import batch_norm
-from sparsenas_jax.models.ops import check_ops
 from sparsenas_jax.models.ops import conv2d
 from sparsenas_jax.models.ops import conv_init
-from sparsenas_jax.models.ops import DARTS_OPS
 from sparsenas_jax.models.ops import FactorizedReduce
 from sparsenas_jax.models.ops import make_op
 from sparsenas_jax.models.ops import ReLUConvBN
-
-cell_types = ('normal', 'reduce')
 
 # SearchNetwork.cell_impl: 'batched' (BatchedSearchCell, SearchCell's
 # params), 'stacked' (BatchedSearchCell, params stacked per stage),
@@ -77,14 +74,10 @@ def default_cell_impl(backend: Optional[str] = None) -> str:
   return 'stacked' if backend == 'cpu' else 'reference'
 
 
-def arch_shapes(nodes: int, num_ops: int) -> dict[str, tuple[int, int]]:
-  """Shapes of one cell type's architecture weights: node j has j + 2 rows."""
-  return {f'node_{j}': (j + 2, num_ops) for j in range(nodes)}
-
-
 def init_arch(rng: jax.Array, *, nodes: int = 4,
-              ops: Sequence[str] = DARTS_OPS, scale: Optional[float] = None,
-              noise: float = 1e-3) -> dict[str, dict[str, jax.Array]]:
+              ops: Sequence[str] = search_space.DARTS_OPS,
+              scale: Optional[float] = None, noise: float = 1e-3
+              ) -> dict[str, dict[str, jax.Array]]:
   """Initial architecture weights A: ``scale + noise * N(0, 1)``.
 
   DARTS initialises its architecture logits as 1e-3 * N(0, 1); what reaches
@@ -97,13 +90,14 @@ def init_arch(rng: jax.Array, *, nodes: int = 4,
   Args:
     rng: a ``jax.random`` key.
     nodes: intermediate nodes per cell.
-    ops: op names (a subset of ``DARTS_OPS``); fixes the second dimension.
+    ops: op names (a subset of ``search_space.DARTS_OPS``); fixes the second
+      dimension.
     scale: the common initial weight; ``None`` for ``1 / len(ops)``.
     noise: standard deviation of the Gaussian symmetry-breaking noise.
 
   Returns:
     ``{cell_type: {f'node_{j}': float32[j + 2, len(ops)]}}`` for the cell
-    types in ``cell_types``.
+    types in ``search_space.CELL_TYPES``.
 
   Raises:
     ValueError: for an unknown op or ``nodes < 1``.
@@ -112,7 +106,7 @@ def init_arch(rng: jax.Array, *, nodes: int = 4,
     Wu et al. 2021, Eq. 1; Liu et al. 2019 (DARTS), whose reference code
     draws its architecture logits from 1e-3 * N(0, 1).
   """
-  ops = check_ops(ops)
+  ops = search_space.check_ops(ops)
   if nodes < 1:
     raise ValueError(f'nodes must be >= 1, got {nodes}.')
   if scale is None:
@@ -124,13 +118,14 @@ def init_arch(rng: jax.Array, *, nodes: int = 4,
 @functools.partial(jax.jit, static_argnames=('nodes', 'num_ops'))
 def _init_arch(rng, scale, noise, *, nodes, num_ops):
   # One draw for all leaves: a single small program, compiled once per shape.
-  shapes = [arch_shapes(nodes, num_ops)] * len(cell_types)
+  shapes = [search_space.arch_shapes(nodes, num_ops)] * len(
+      search_space.CELL_TYPES)
   sizes = [int(np.prod(s)) for cell in shapes for s in cell.values()]
   z = jax.random.normal(rng, (sum(sizes),), jnp.float32)
   leaves = iter(jnp.split(scale + noise * z, np.cumsum(sizes)[:-1]))
   return {t: {name: next(leaves).reshape(shape)
               for name, shape in cell.items()}
-          for t, cell in zip(cell_types, shapes)}
+          for t, cell in zip(search_space.CELL_TYPES, shapes)}
 
 
 def _shapes_of(tree) -> Any:
@@ -167,8 +162,9 @@ def check_arch(arch, *, nodes: int, num_ops: int) -> None:
   Raises:
     ValueError: naming the expected and the given shapes.
   """
-  cell = arch_shapes(nodes, num_ops)
-  _check_shapes(arch, {t: cell for t in cell_types}, 'arch', nodes, num_ops)
+  cell = search_space.arch_shapes(nodes, num_ops)
+  _check_shapes(arch, {t: cell for t in search_space.CELL_TYPES}, 'arch',
+                nodes, num_ops)
 
 
 class MixedOp(nn.Module):
@@ -181,7 +177,7 @@ class MixedOp(nn.Module):
   """
   channels: int
   stride: int
-  ops: Sequence[str] = DARTS_OPS
+  ops: Sequence[str] = search_space.DARTS_OPS
 
   @nn.compact
   def __call__(self, x, weights):
@@ -223,7 +219,7 @@ class SearchCell(nn.Module):
   reduction: bool = False
   reduction_prev: bool = False
   nodes: int = 4
-  ops: Sequence[str] = DARTS_OPS
+  ops: Sequence[str] = search_space.DARTS_OPS
 
   @nn.compact
   def __call__(self, s0, s1, weights):
@@ -243,7 +239,8 @@ class SearchCell(nn.Module):
     References:
       Wu et al. 2021, Eq. 1.
     """
-    _check_shapes(weights, arch_shapes(self.nodes, len(self.ops)),
+    _check_shapes(weights,
+                  search_space.arch_shapes(self.nodes, len(self.ops)),
                   'cell weights', self.nodes, len(self.ops))
     c = self.channels
     if self.reduction_prev:
@@ -256,7 +253,7 @@ class SearchCell(nn.Module):
       a = weights[f'node_{j}']
       node = None
       for i, h in enumerate(states):
-        stride = 2 if self.reduction and i < 2 else 1
+        stride = search_space.edge_stride(self.reduction, i)
         y = MixedOp(c, stride, self.ops, name=f'node_{j}_edge_{i}')(h, a[i])
         node = y if node is None else node + y
       states.append(node)
@@ -292,14 +289,15 @@ class BatchedSearchCell(nn.Module):
   reduction: bool = False
   reduction_prev: bool = False
   nodes: int = 4
-  ops: Sequence[str] = DARTS_OPS
+  ops: Sequence[str] = search_space.DARTS_OPS
   stacked_params: bool = False
   conv_derivatives: str = 'reverse'
 
   @nn.compact
   def __call__(self, s0, s1, weights):
     """Applies the cell; arguments and result as ``SearchCell.__call__``."""
-    _check_shapes(weights, arch_shapes(self.nodes, len(self.ops)),
+    _check_shapes(weights,
+                  search_space.arch_shapes(self.nodes, len(self.ops)),
                   'cell weights', self.nodes, len(self.ops))
     c = self.channels
     p0, p1 = batched_cell.preprocess_params(
@@ -343,7 +341,8 @@ class SearchNetwork(nn.Module):
     num_classes: classifier outputs.
     layers: number of cells, >= 3 (DARTS's search uses 8).
     nodes: intermediate nodes per cell.
-    ops: op names, a subset of ``DARTS_OPS``; fixes the arch's last axis.
+    ops: op names, a subset of ``search_space.DARTS_OPS``; fixes the arch's
+      last axis.
     stem_multiplier: the stem has ``stem_multiplier * C`` channels.
     cell_impl: ``'batched'`` (the default: ``BatchedSearchCell``, the same
       function and params as ``'reference'``, much faster to compile),
@@ -367,7 +366,7 @@ class SearchNetwork(nn.Module):
   num_classes: int
   layers: int
   nodes: int = 4
-  ops: Sequence[str] = DARTS_OPS
+  ops: Sequence[str] = search_space.DARTS_OPS
   stem_multiplier: int = 3
   cell_impl: str = 'batched'
   remat: bool = False
@@ -383,7 +382,7 @@ class SearchNetwork(nn.Module):
     if self.C % 2:
       raise ValueError(f'C must be even (FactorizedReduce splits the '
                        f'channels in two), got {self.C}.')
-    check_ops(self.ops)
+    search_space.check_ops(self.ops)
     if self.cell_impl not in CELL_IMPLS:
       raise ValueError(f'cell_impl must be one of {", ".join(CELL_IMPLS)}; '
                        f'got {self.cell_impl!r}.')
@@ -392,7 +391,7 @@ class SearchNetwork(nn.Module):
 
   def reduction_layers(self) -> tuple[int, int]:
     """Indices of the two reduction cells."""
-    return self.layers // 3, 2 * self.layers // 3
+    return search_space.reduction_layers(self.layers)
 
   @nn.compact
   def __call__(self, x, arch):
@@ -429,7 +428,8 @@ class SearchNetwork(nn.Module):
         cell = cell_class(c, reduction, reduction_prev, self.nodes, self.ops,
                           self.cell_impl == 'stacked', self.conv_derivatives,
                           name=f'cell_{layer}')
-      s0, s1 = s1, cell(s0, s1, arch[cell_types[int(reduction)]])
+      cell_type = search_space.CELL_TYPES[int(reduction)]
+      s0, s1 = s1, cell(s0, s1, arch[cell_type])
       reduction_prev = reduction
     features = jnp.mean(s1, axis=(1, 2))
     return nn.Dense(self.num_classes, kernel_init=conv_init,

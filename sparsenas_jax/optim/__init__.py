@@ -1,5 +1,10 @@
 """The paper's sparsity optimizers as Optax transformations.
 
+``hapg``, ``adam_hapg`` and ``sgl_prox`` return
+``optax.GradientTransformationExtraArgs``: like optax's own optimizers their
+``update`` accepts (and ignores) extra keyword arguments such as
+``value=loss``. This package needs only jax, optax and numpy.
+
 Compose them into your own chains::
 
   from sparsenas_jax import optim

@@ -75,7 +75,7 @@ def hapg(
     *,
     groups,
     momentum: Optional[float] = None,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   """Hierarchical Accelerated Proximal Gradient (Wu et al. 2021, Eq. 6-10).
 
   Takes raw gradients; must be the last element of a chain. Example::
@@ -96,7 +96,8 @@ def hapg(
       constant u.
 
   Returns:
-    An ``optax.GradientTransformation`` with ``HapgState``.
+    An ``optax.GradientTransformationExtraArgs`` with ``HapgState``; extra
+    keyword arguments of ``update`` (``value=loss``, say) are ignored.
 
   References:
     Wu et al. 2021, Eq. 5-10; Huang & Wang 2017 (reformulated APG).
@@ -107,7 +108,8 @@ def hapg(
   def init_fn(params):
     return HapgState(count=jnp.zeros([], jnp.int32), prox_params=params)
 
-  def update_fn(grads, state, params=None):
+  def update_fn(grads, state, params=None, **extra_args):
+    del extra_args
     if params is None:
       raise ValueError(_hyper.NO_PARAMS_MSG)
     eta = _hyper.value_at(learning_rate, state.count)
@@ -119,7 +121,7 @@ def hapg(
     return updates, HapgState(
         count=optax.safe_increment(state.count), prox_params=x)
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def adam_hapg(
@@ -132,7 +134,7 @@ def adam_hapg(
     b2: float = 0.999,
     eps: float = 1e-8,
     momentum: Optional[float] = None,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   """AdamHAPG: HAPG with an Adam step in Eq. 6 (Wu et al. 2021).
 
   With bias-corrected Adam moments m̂, v̂ each element gets its own step size
@@ -171,7 +173,8 @@ def adam_hapg(
     momentum: as in ``hapg``.
 
   Returns:
-    An ``optax.GradientTransformation`` with ``AdamHapgState``.
+    An ``optax.GradientTransformationExtraArgs`` with ``AdamHapgState``;
+    extra keyword arguments of ``update`` are ignored.
 
   References:
     Wu et al. 2021, Eq. 5-10 and "AdamHAPG"; Kingma & Ba 2015.
@@ -187,7 +190,8 @@ def adam_hapg(
                          nu=jax.tree.map(jnp.zeros_like, params),
                          prox_params=params)
 
-  def update_fn(grads, state, params=None):
+  def update_fn(grads, state, params=None, **extra_args):
+    del extra_args
     if params is None:
       raise ValueError(_hyper.NO_PARAMS_MSG)
     eta = _hyper.value_at(learning_rate, state.count)
@@ -208,7 +212,7 @@ def adam_hapg(
     updates = _extrapolate(x, state.prox_params, params, u)
     return updates, AdamHapgState(count=t, mu=mu, nu=nu, prox_params=x)
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 _STATES = (HapgState, AdamHapgState)

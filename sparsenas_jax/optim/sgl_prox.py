@@ -24,7 +24,7 @@ def sgl_prox(
     *,
     groups,
     step_size: optax.ScalarOrSchedule,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   """Proximal step of the Sparse Group Lasso; must be last in a chain.
 
   The incoming update u is taken as a gradient step from the params A
@@ -53,7 +53,9 @@ def sgl_prox(
     step_size: η of the preceding gradient step, a scalar or a schedule.
 
   Returns:
-    An ``optax.GradientTransformation`` that needs ``params`` in ``update``.
+    An ``optax.GradientTransformationExtraArgs`` that needs ``params`` in
+    ``update``; extra keyword arguments of ``update`` (``value=loss``, say)
+    are ignored, as in optax's own optimizers.
 
   References:
     Wu et al. 2021, Eq. 3, 5, 9, 10.
@@ -67,7 +69,8 @@ def sgl_prox(
     del params
     return SglProxState(count=jnp.zeros([], jnp.int32))
 
-  def update_fn(updates, state, params=None):
+  def update_fn(updates, state, params=None, **extra_args):
+    del extra_args
     if params is None:
       raise ValueError(_hyper.NO_PARAMS_MSG)
     lam = _hyper.value_at(strength, state.count)
@@ -78,4 +81,4 @@ def sgl_prox(
     return new_updates, SglProxState(
         count=optax.safe_increment(state.count))
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -292,6 +292,16 @@ class ExecutableStore:
     self.saved += 1
 
 
+def job_store(config, workdir: str, *salt) -> ExecutableStore:
+  """A job's compiled steps on disk (``config.compilation_cache_dir``,
+  default ``<workdir>/jax_cache``), keyed by the whole config and ``salt``
+  (what else the steps close over, e.g. data statistics), on top of what
+  ``ExecutableStore`` covers itself."""
+  return ExecutableStore(
+      config.compilation_cache_dir or os.path.join(workdir, 'jax_cache'),
+      salt=(config.to_json(sort_keys=True), *map(repr, salt)))
+
+
 class LazyCompiled:
   """A jitted function compiled ahead of time on its first call, timed.
 

@@ -25,11 +25,22 @@ from sparsenas_jax.errors import ConfigError
 DATA_AXIS = 'data'
 
 
-def initialize_distributed(multi_host: bool) -> None:
-  """Joins a multi-host job (Cloud TPU pods, multi-node GPU) when asked to."""
-  if multi_host:
-    jax.distributed.initialize()
-    logging.info('process %d of %d', jax.process_index(), jax.process_count())
+def initialize_distributed(config) -> None:
+  """Joins a multi-host job (Cloud TPU pods, multi-node GPU) when
+  ``config.multi_host`` is set.
+
+  ``config.coordinator_address``, ``config.num_processes`` and
+  ``config.process_id`` are passed to ``jax.distributed.initialize`` when
+  set ('', 0 and -1 leave them to JAX's detection of the cluster, as on
+  Cloud TPU VMs and SLURM).
+  """
+  if not config.multi_host:
+    return
+  jax.distributed.initialize(
+      coordinator_address=config.coordinator_address or None,
+      num_processes=config.num_processes or None,
+      process_id=None if config.process_id < 0 else config.process_id)
+  logging.info('process %d of %d', jax.process_index(), jax.process_count())
 
 
 def make_mesh(num_devices: Optional[int] = None) -> jax.sharding.Mesh:
@@ -67,13 +78,29 @@ def replicate(tree, mesh: jax.sharding.Mesh):
 
   Leaves that share a buffer (an optimizer state initialised to the params,
   say) are copied apart, so that the tree can be donated to a jitted step.
+  Under multi-host JAX every process passes the same values.
   """
-  return jax.device_put(jax.tree.map(np.array, tree), replicated(mesh))
+  sharding = replicated(mesh)
+  host = jax.tree.map(np.array, tree)
+  if jax.process_count() == 1:
+    return jax.device_put(host, sharding)
+  return jax.tree.map(
+      lambda x: jax.make_array_from_callback(
+          x.shape, sharding, lambda index: x[index]), host)
 
 
 def shard_batch(batch, mesh: jax.sharding.Mesh):
-  """Splits the leading (batch) axis of every array across the devices."""
-  return jax.device_put(batch, batch_sharded(mesh))
+  """Splits the leading (batch) axis of every array across the devices.
+
+  ``batch`` is the global batch. Under multi-host JAX every process passes
+  the same global batch and transfers only the rows of its own devices.
+  """
+  sharding = batch_sharded(mesh)
+  if jax.process_count() == 1:
+    return jax.device_put(batch, sharding)
+  return jax.tree.map(
+      lambda x: jax.make_array_from_callback(
+          x.shape, sharding, lambda index: x[index]), batch)
 
 
 def to_host(tree):

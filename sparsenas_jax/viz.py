@@ -1,0 +1,198 @@
+"""Pictures of genotypes: a derived cell pair drawn as two DAGs.
+
+  from sparsenas_jax import viz
+  viz.plot_genotype(genotype, 'genotype.png', show_weights=True)
+
+The figure is drawn on matplotlib's Agg canvas directly, so the global
+backend (``pyplot``'s) is neither needed nor changed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+from matplotlib import figure
+from matplotlib import patches
+from matplotlib import path as mpath
+from matplotlib.backends import backend_agg
+
+from sparsenas_jax import genotype as genotype_lib
+from sparsenas_jax import search_space
+
+_OP_COLORS = {
+    'max_pool_3x3': '#1f77b4', 'avg_pool_3x3': '#17becf',
+    'skip_connect': '#000000', 'sep_conv_3x3': '#d62728',
+    'sep_conv_5x5': '#ff7f0e', 'dil_conv_3x3': '#2ca02c',
+    'dil_conv_5x5': '#9467bd',
+}
+_EXTRA_COLORS = ('#8c564b', '#e377c2', '#bcbd22', '#393b79', '#637939')
+_MARGIN = 1.3  # data units around a cell's nodes
+
+
+def _layout(nodes):
+  """Places a cell's nodes on an arch: c_{k-1}, c_{k-2}, nodes in order, c_k.
+
+  Points on the upper half of an ellipse are in convex position, so a
+  straight edge never runs through a third node, and the DAG still reads
+  left to right like graphviz's LR layout.
+  """
+  order = [1, 0] + [node.index for node in nodes] + ['out']
+  n = len(order)
+  a = 1.6 * (n - 1)  # half width: about 2.5 units between neighbours
+  b = 0.6 * a + 1.0
+  pos = {}
+  for j, key in enumerate(order):
+    t = math.pi * (1 - j / (n - 1))
+    pos[key] = (a * math.cos(t), b * math.sin(t))
+  return pos
+
+
+class _Arc:
+  """A quadratic Bezier from p0 to p1 bent like matplotlib's ``arc3,rad``.
+
+  The control point sits ``rad`` times the chord length off the chord's
+  middle, so the curve's middle is ``rad / 2`` chord lengths off it.
+  """
+
+  def __init__(self, p0, p1, rad):
+    (x0, y0), (x1, y1) = p0, p1
+    self.points = (p0, ((x0 + x1) / 2 + rad * (y1 - y0),
+                        (y0 + y1) / 2 - rad * (x1 - x0)), p1)
+
+  def at(self, t):
+    """The point at parameter t in [0, 1]."""
+    return self._blossom(t, t)
+
+  def _blossom(self, a, b):
+    (x0, y0), (cx, cy), (x1, y1) = self.points
+    w0, w1, w2 = (1 - a) * (1 - b), a * (1 - b) + (1 - a) * b, a * b
+    return (w0 * x0 + w1 * cx + w2 * x1, w0 * y0 + w1 * cy + w2 * y1)
+
+  def clipped(self, radius):
+    """Control points of the part outside circles of ``radius`` at the ends.
+
+    Clipping analytically (bisection on t, then the sub-curve's blossom)
+    is much faster than matplotlib's generic patch clipping.
+    """
+    def leave(center, inside_at_0):
+      lo, hi = 0.0, 0.5
+      for _ in range(30):
+        mid = (lo + hi) / 2
+        x, y = self.at(mid if inside_at_0 else 1 - mid)
+        if math.hypot(x - center[0], y - center[1]) < radius:
+          lo = mid
+        else:
+          hi = mid
+      return hi
+
+    a = leave(self.points[0], True)
+    b = 1 - leave(self.points[2], False)
+    return self.at(a), self._blossom(a, b), self.at(b)
+
+
+def _draw_cell(ax, title, nodes, concat, ops, show_weights):
+  """Draws one cell on ``ax`` in data units; returns the data extent."""
+  pos = _layout(nodes)
+  radius = 0.6
+  names = {0: r'$c_{k-2}$', 1: r'$c_{k-1}$', 'out': r'$c_{k}$'}
+  for key, (x, y) in pos.items():
+    circle = patches.Circle(
+        (x, y), radius, facecolor='#a6d8f0' if key in names else '#fff3b0',
+        edgecolor='black', lw=1.2, zorder=3)
+    ax.add_patch(circle)
+    ax.text(x, y, names.get(key, str(key)), ha='center', va='center',
+            fontsize=12, zorder=4)
+
+  extra = iter(_EXTRA_COLORS * (1 + len(ops)))
+  colors = {op: _OP_COLORS.get(op) or next(extra) for op in ops}
+  placed = list(pos.values())  # label anchors so far, nodes included
+
+  def arrow(src, dst, rad, color, label, style='-'):
+    arc = _Arc(pos[src], pos[dst], rad)
+    curve = mpath.Path(arc.clipped(radius * 1.04),
+                       [mpath.Path.MOVETO, mpath.Path.CURVE3,
+                        mpath.Path.CURVE3])
+    ax.add_patch(patches.FancyArrowPatch(
+        path=curve, arrowstyle='-|>', mutation_scale=13, color=color, lw=1.3,
+        linestyle=style, zorder=2))
+    if label:
+      # Slide the label along its curve to the spot farthest from the other
+      # labels and nodes; the middle wins ties.
+      # Labels are wide, so horizontal distance counts for less.
+      spots = [arc.at(t)
+               for t in (0.5, 0.43, 0.57, 0.36, 0.64, 0.29, 0.71)]
+      best = max(spots, key=lambda q: min(
+          math.hypot((q[0] - r[0]) / 3, q[1] - r[1]) for r in placed) + 1e-3 * (
+              q == spots[0]))
+      placed.append(best)
+      ax.text(*best, label, ha='center', va='center', fontsize=8,
+              color=color, zorder=5,
+              bbox=dict(boxstyle='round,pad=0.15', fc='white', ec='none',
+                        alpha=0.85))
+
+  for node in nodes:
+    by_src = {}
+    for src, op, w in node.inputs:
+      by_src.setdefault(src, []).append((op, w))
+    for src, edges in by_src.items():
+      (x0, y0), (x1, y1) = pos[src], pos[node.index]
+      dist = math.hypot(x1 - x0, y1 - y0)
+      for j, (op, w) in enumerate(edges):
+        # Several ops on one edge fan out as arcs of distinct curvature,
+        # 0.5 units apart at their middles whatever the edge's length.
+        rad = 2 * 0.5 * (j - (len(edges) - 1) / 2) / dist
+        label = f'{op} ({w:.3g})' if show_weights else op
+        arrow(src, node.index, rad, colors[op], label)
+  for index in concat:
+    arrow(index, 'out', 0.0, '#888888', None, style='--')
+
+  xs = [p[0] for p in pos.values()]
+  ys = [p[1] for p in pos.values()]
+  margin = _MARGIN
+  ax.set_xlim(min(xs) - margin, max(xs) + margin)
+  ax.set_ylim(min(ys) - margin, max(ys) + margin)
+  ax.set_aspect('equal')
+  ax.axis('off')
+  n_ops = sum(len(n.inputs) for n in nodes)
+  ax.set_title(f'{title}: {len(nodes)} nodes, {n_ops} ops', fontsize=13)
+  return (max(xs) - min(xs) + 2 * margin, max(ys) - min(ys) + 2 * margin)
+
+
+def plot_genotype(genotype: genotype_lib.Genotype,
+                  path: genotype_lib.PathLike, *,
+                  show_weights: bool = False, dpi: int = 150) -> None:
+  """Draws the normal and reduction cells side by side into a PNG.
+
+  In the style of DARTS's graphviz pictures: cell inputs c_{k-2} and c_{k-1}
+  on the left, intermediate nodes (numbered as in the genotype) by depth,
+  output c_{k} on the right; one arrow per kept (input, op) labelled with the
+  op, arcs of distinct curvature where one edge keeps several ops, and grey
+  arrows from the concatenated nodes into c_{k}. Uses matplotlib's Agg
+  canvas directly, so the global backend is left alone.
+
+  Args:
+    genotype: the architecture to draw.
+    path: the PNG file to write (parent folders are created).
+    show_weights: also print each op's architecture weight.
+    dpi: resolution.
+  """
+  fig = figure.Figure()
+  backend_agg.FigureCanvasAgg(fig)
+  # Panels as wide as their cells, so both are drawn at the same scale.
+  widths = [_layout(genotype.cell(t)[0])['out'][0] * 2 + 2 * _MARGIN
+            for t in search_space.CELL_TYPES]
+  axes = fig.subplots(1, 2, gridspec_kw={'width_ratios': widths})
+  sizes = [
+      _draw_cell(ax, f'{cell_type} cell', *genotype.cell(cell_type),
+                 genotype.ops, show_weights)
+      for ax, cell_type in zip(axes, search_space.CELL_TYPES)]
+  scale = 0.75  # inches per data unit
+  fig.set_size_inches(scale * sum(w for w, _ in sizes),
+                      scale * max(h for _, h in sizes) + 0.5)
+  fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.92,
+                      wspace=0.05)
+  parent = os.path.dirname(os.fspath(path))
+  if parent:
+    os.makedirs(parent, exist_ok=True)
+  fig.savefig(path, dpi=dpi, format='png')
