@@ -54,8 +54,8 @@ class Derivatives(NamedTuple):
       (exact mode).
     train_arch_grads: ``(w, A, batch) -> (L_train, ∇_A L_train)``, for the
       calls that need no ∇_w (the finite-difference points); None: taken
-      from ``train_grads``. Separately compiled, a reverse pass without the
-      weight gradients does about a third less work.
+      from ``train_grads``. Separately compiled, its reverse pass skips
+      the weight gradients' share of the work.
     val_arch_grads: ``(w, A, batch) -> (L_val, ∇_A L_val)``, likewise (the
       first-order mode); None: taken from ``val_grads``.
   """
@@ -88,8 +88,8 @@ def _arch_grads(arch_grads, grads):
 def _mixed_product(loss: LossFn):
   # ∇²_{A,w} L v = ∇_A ⟨∇_w L, v⟩ = ∇_A (the derivative of L along v in w):
   # reverse mode over a JVP. The same numbers as forward over reverse (the
-  # JVP of w ↦ ∇_A L), and on a DARTS supernet on XLA:CPU 12% faster
-  # (10.0 s against 11.4 s at batch 16).
+  # JVP of w ↦ ∇_A L), and faster on a DARTS supernet on XLA:CPU
+  # (docs/performance.md).
   def mixed_product(w, a, v, batch):
     directional = lambda a: jax.jvp(lambda w: loss(w, a, batch), (w,),
                                     (v,))[1]

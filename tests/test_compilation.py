@@ -149,3 +149,10 @@ def test_executable_store_stores_nothing_while_jax_cache_is_on(tmp_path):
                         env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
   assert 'NOT STORED' in proc.stdout, proc.stderr[-2000:]
   assert 'persistent compilation cache is on' in proc.stderr
+
+
+def test_store_key_covers_the_whole_package_source():
+  files = compilation.source_files()
+  for name in ('models/supernet.py', 'optim/hapg.py', 'genotype.py',
+               'experiments/cnn_search.py', 'runtime/compilation.py'):
+    assert name in files, name

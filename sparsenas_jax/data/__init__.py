@@ -26,6 +26,8 @@ from sparsenas_jax.data.digits import digits_splits
 from sparsenas_jax.data.digits import load_digits
 from sparsenas_jax.data.digits import part_sizes
 from sparsenas_jax.data.digits import split_indices
+from sparsenas_jax.data.splits import ImageSplits
+from sparsenas_jax.data.splits import load_image_splits
 from sparsenas_jax.data.tfds_images import CIFAR100_MEAN
 from sparsenas_jax.data.tfds_images import CIFAR100_STD
 from sparsenas_jax.data.tfds_images import CIFAR10_MEAN
@@ -39,11 +41,13 @@ from sparsenas_jax.data.tfds_images import TensorFlowRequiredError
 
 __all__ = [
     'CIFAR100_MEAN', 'CIFAR100_STD', 'CIFAR10_MEAN', 'CIFAR10_STD',
-    'DatasetNotPreparedError', 'NORMALIZATION', 'TensorFlowRequiredError',
+    'DatasetNotPreparedError', 'ImageSplits', 'NORMALIZATION',
+    'TensorFlowRequiredError',
     'batch_at', 'batch_indices', 'channel_stats', 'color_jitter', 'cutout',
     'darts_augment',
     'digits_splits', 'epoch_permutation', 'image_data_source',
-    'load_digits', 'load_image_dataset', 'normalize', 'part_sizes',
+    'load_digits', 'load_image_dataset', 'load_image_splits', 'normalize',
+    'part_sizes',
     'prepared_builder', 'random_crop', 'random_flip', 'split_indices',
     'steps_per_epoch',
 ]

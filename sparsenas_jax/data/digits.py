@@ -2,7 +2,8 @@
 
 1797 grey-scale 8x8 images of the digits 0-9 (about 180 per class), shipped
 inside scikit-learn. It stands in for CIFAR where no TFDS data is available:
-the same search code runs on 8x8x1 inputs in minutes on a CPU.
+the same search code runs end to end on 8x8x1 inputs on a CPU (timings in
+docs/performance.md).
 
 Splits are drawn by ``split_indices``: deterministic per seed, disjoint,
 exhaustive and, by default, stratified by class. ``digits_splits`` names them:

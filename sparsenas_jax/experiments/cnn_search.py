@@ -39,6 +39,7 @@ from sparsenas_jax import viz
 from sparsenas_jax.errors import ConfigError
 from sparsenas_jax.experiments import common
 from sparsenas_jax.models import complexity
+from sparsenas_jax.models import initialization
 from sparsenas_jax.models import supernet
 from sparsenas_jax.runtime import compilation
 from sparsenas_jax.runtime import divergence
@@ -48,7 +49,7 @@ from sparsenas_jax.runtime import parallel
 from sparsenas_jax.search_space import DARTS_OPS
 
 ARCH_OPTIMIZERS = ('adam_hapg', 'hapg', 'adam')
-DATASETS = ('digits', 'cifar10', 'cifar100')
+DATASETS = data.splits.DATASETS
 # 'split': separately compiled programs per step; 'fused': one program.
 STEP_COMPILATIONS = ('split', 'fused')
 
@@ -78,29 +79,23 @@ def parse_ops(ops: str) -> tuple[str, ...]:
 
 def validate(config) -> tuple[str, ...]:
   """Checks the config; returns the op names."""
-  if config.dataset not in DATASETS:
-    raise ConfigError(f'config.dataset={config.dataset!r}; valid: {DATASETS}.')
+  common.check_cnn_config(config, DATASETS)
   if config.arch_optimizer not in ARCH_OPTIMIZERS:
     raise ConfigError(f'config.arch_optimizer={config.arch_optimizer!r}; '
                       f'valid: {ARCH_OPTIMIZERS}.')
   if config.hypergradient not in bilevel.MODES:
     raise ConfigError(f'config.hypergradient={config.hypergradient!r}; '
                       f'valid: {bilevel.MODES}.')
-  if config.layers < 3:
-    raise ConfigError(f'config.layers={config.layers}: the search network '
-                      'needs >= 3 cells (two of them reductions).')
   if config.nodes < 1:
     raise ConfigError(f'config.nodes={config.nodes}: use >= 1.')
-  if config.init_channels < 2 or config.init_channels % 2:
-    raise ConfigError(f'config.init_channels={config.init_channels}: use an '
-                      'even number >= 2.')
+  if not 0 < config.train_portion < 1:
+    raise ConfigError(f'config.train_portion={config.train_portion}: use '
+                      '(0, 1); the rest of the training set validates A.')
   if config.lambda_step < 0:
     raise ConfigError(f'config.lambda_step={config.lambda_step} is negative; '
                       'λ is ramped up by lambda_step >= 0 per epoch.')
   if not 0 <= config.l1_ratio <= 1:
     raise ConfigError(f'config.l1_ratio={config.l1_ratio}: use [0, 1].')
-  if config.epochs < 1 or config.batch_size < 1:
-    raise ConfigError('config.epochs and config.batch_size must be >= 1.')
   if config.step_compilation not in STEP_COMPILATIONS:
     raise ConfigError(f'config.step_compilation={config.step_compilation!r}; '
                       f'valid: {STEP_COMPILATIONS}.')
@@ -123,37 +118,16 @@ def validate(config) -> tuple[str, ...]:
 # ---------------------------------------------------------------------------
 
 
-class SearchData(NamedTuple):
-  train: tuple[np.ndarray, np.ndarray]  # weight-training half (w)
-  val: tuple[np.ndarray, np.ndarray]  # architecture-validation half (A)
-  test: tuple[np.ndarray, np.ndarray]  # held out: supernet accuracy
-  mean: np.ndarray
-  std: np.ndarray
-  num_classes: int
-
-
-def load_data(config) -> SearchData:
-  """The training set split into weight/architecture halves, plus a test set.
+def load_data(config) -> data.ImageSplits:
+  """The training set split into weight (``train``) and architecture
+  (``val``) halves by ``config.train_portion``, and the test set.
 
   Images stay uint8 (CIFAR) or float (DIGITS) on the host; they are scaled,
   augmented and normalised on the device inside the step.
   """
-  if config.dataset == 'digits':
-    splits = data.digits_splits(config.seed, test_fraction=0.2,
-                                train_portion=config.train_portion)
-    mean, std = data.channel_stats(splits['train'][0])
-    return SearchData(splits['train'], splits['val'], splits['test'], mean,
-                      std, data.digits.NUM_CLASSES)
-  data_dir = config.data_dir or None
-  images, labels = data.load_image_dataset(config.dataset, 'train',
-                                           data_dir=data_dir)
-  split = int(len(images) * config.train_portion)  # as DARTS: first / rest
-  test = data.load_image_dataset(config.dataset, 'test', data_dir=data_dir)
-  mean, std = data.NORMALIZATION[config.dataset]
-  return SearchData((images[:split], labels[:split]),
-                    (images[split:], labels[split:]), test,
-                    np.asarray(mean, np.float32), np.asarray(std, np.float32),
-                    100 if config.dataset == 'cifar100' else 10)
+  return data.load_image_splits(
+      config.dataset, seed=config.seed, train_portion=config.train_portion,
+      data_dir=config.data_dir or None)
 
 
 # ---------------------------------------------------------------------------
@@ -176,28 +150,15 @@ def cell_impl(config) -> str:
 
 
 def init_weights(model, sample, arch, seed: int):
-  """Network weights with PyTorch's default fan-in uniform init, in NumPy.
-
-  Shapes come from ``jax.eval_shape`` (nothing compiled); filling them on the
-  host avoids compiling the RNG of hundreds of tiny parameters, which takes
-  minutes on XLA:CPU. The distribution is that of ``ops.conv_init``:
-  U(-1/√fan_in, 1/√fan_in); the classifier bias starts at zero. Leaves of
+  """Network weights with PyTorch's default fan-in uniform init, in NumPy
+  (``models.initialization``; the classifier bias starts at zero). Leaves of
   the stacked layout (under ``stage_{k}``) have a leading edge axis, which
-  is not part of the fan-in.
-  """
+  is not part of the fan-in."""
   shapes = jax.eval_shape(
       lambda: model.init(jax.random.key(0), sample, arch))['params']
-  rng = np.random.default_rng(seed)
-
-  def fill(path, s):
-    if len(s.shape) < 2:
-      return np.zeros(s.shape, np.float32)
-    stacked = any(str(getattr(k, 'key', '')).startswith('stage_')
-                  for k in path)
-    bound = 1 / np.sqrt(np.prod(s.shape[1 if stacked else 0:-1]))
-    return rng.uniform(-bound, bound, s.shape).astype(np.float32)
-
-  return jax.tree_util.tree_map_with_path(fill, shapes)
+  stacked = lambda path: int(any(
+      str(getattr(k, 'key', '')).startswith('stage_') for k in path))
+  return initialization.fan_in_uniform(shapes, seed, leading_axes=stacked)
 
 
 def lambda_schedule(config, steps_per_epoch: int):

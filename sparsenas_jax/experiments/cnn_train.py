@@ -40,7 +40,7 @@ from sparsenas_jax.runtime import divergence
 from sparsenas_jax.runtime import evaluation
 from sparsenas_jax.runtime import loop
 
-DATASETS = ('digits', 'cifar10', 'cifar100', 'imagenet2012')
+DATASETS = data.splits.DATASETS + ('imagenet2012',)
 LR_SCHEDULES = ('cosine', 'exponential')
 
 
@@ -72,19 +72,10 @@ def load_genotype(config) -> genotype_lib.Genotype:
 
 def validate(config) -> genotype_lib.Genotype:
   """Checks the config; returns the genotype to train."""
-  if config.dataset not in DATASETS:
-    raise ConfigError(f'config.dataset={config.dataset!r}; valid: {DATASETS}.')
+  common.check_cnn_config(config, DATASETS)
   if config.lr_schedule not in LR_SCHEDULES:
     raise ConfigError(f'config.lr_schedule={config.lr_schedule!r}; valid: '
                       f'{LR_SCHEDULES}.')
-  if config.layers < 3:
-    raise ConfigError(f'config.layers={config.layers}: the network needs >= '
-                      '3 cells (two of them reductions).')
-  if config.init_channels < 2 or config.init_channels % 2:
-    raise ConfigError(f'config.init_channels={config.init_channels}: use an '
-                      'even number >= 2.')
-  if config.epochs < 1 or config.batch_size < 1:
-    raise ConfigError('config.epochs and config.batch_size must be >= 1.')
   if not 0 <= config.drop_path_prob < 1:
     raise ConfigError(f'config.drop_path_prob={config.drop_path_prob}: use '
                       '[0, 1).')
@@ -130,31 +121,26 @@ def load_data(config) -> TrainData:
   scaled, augmented and normalised on the device). ImageNet is read per
   batch from a prepared ArrayRecord TFDS source and cropped on the host.
   """
-  if config.dataset == 'digits':
-    splits = data.digits_splits(config.seed, test_fraction=0.2,
-                                train_portion=1.0)
-    mean, std = data.channel_stats(splits['train'][0])
-    return _in_memory(splits['train'], splits['test'], config.batch_size,
-                      config.seed, mean, std, data.digits.NUM_CLASSES)
   data_dir = config.data_dir or None
+  if config.dataset != 'imagenet2012':
+    splits = data.load_image_splits(config.dataset, seed=config.seed,
+                                    train_portion=1.0, data_dir=data_dir)
+    return _in_memory(splits.train, splits.test, config.batch_size,
+                      config.seed, splits.mean, splits.std,
+                      splits.num_classes)
   mean, std = data.NORMALIZATION[config.dataset]
-  if config.dataset == 'imagenet2012':
-    train = imagenet.ImageNetBatches(
-        data.image_data_source('imagenet2012', 'train', data_dir=data_dir),
-        config.batch_size, config.seed, train=True)
-    test = imagenet.ImageNetBatches(
-        data.image_data_source('imagenet2012', 'validation',
-                               data_dir=data_dir),
-        config.batch_size, config.seed, train=False)
-    size = imagenet.IMAGE_SIZE
-    return TrainData(len(train), train.batch_at, len(test), test.ordered,
-                     np.asarray(mean, np.float32),
-                     np.asarray(std, np.float32), imagenet.NUM_CLASSES,
-                     (size, size, 3))
-  train = data.load_image_dataset(config.dataset, 'train', data_dir=data_dir)
-  test = data.load_image_dataset(config.dataset, 'test', data_dir=data_dir)
-  return _in_memory(train, test, config.batch_size, config.seed, mean, std,
-                    100 if config.dataset == 'cifar100' else 10)
+  train = imagenet.ImageNetBatches(
+      data.image_data_source('imagenet2012', 'train', data_dir=data_dir),
+      config.batch_size, config.seed, train=True)
+  test = imagenet.ImageNetBatches(
+      data.image_data_source('imagenet2012', 'validation',
+                             data_dir=data_dir),
+      config.batch_size, config.seed, train=False)
+  size = imagenet.IMAGE_SIZE
+  return TrainData(len(train), train.batch_at, len(test), test.ordered,
+                   np.asarray(mean, np.float32),
+                   np.asarray(std, np.float32), imagenet.NUM_CLASSES,
+                   (size, size, 3))
 
 
 # ---------------------------------------------------------------------------

@@ -14,10 +14,10 @@ Within a stage (Wu et al. 2021, Eq. 1, ``out_e = Σ_o A[j][i, o] op_o(x_i)``,
 node j the sum of its incoming edges), feature maps of several edges are
 stacked on a leading axis, channels before the batch: ``[edges, C, N, H, W]``
 (the cell's inputs and output are ``[N, H, W, C]`` like every other module's;
-``preprocess`` and ``cell_nodes`` transpose). On XLA:CPU this layout makes
-the reductions of batch norm and of the depthwise kernel gradients run over
-the minor dimensions, several times faster than the column reductions of
-``[edges, N, H, W, C]``:
+``preprocess`` and ``cell_nodes`` transpose). This layout makes the
+reductions of batch norm and of the depthwise kernel gradients run over the
+minor, contiguous dimensions, which XLA:CPU reduces far faster than the
+column reductions that ``[edges, N, H, W, C]`` would need:
 
 * Parameter-free ops (the pools, the identity) see the same input on every
   edge leaving a source, and batch norm without affine parameters is a
@@ -364,9 +364,9 @@ def _shifted_products(x: jax.Array, kernel: jax.Array, stride: int,
   """Depthwise convs as sums of K * K shifted, scaled copies of the input.
 
   Computes ``ops.depthwise_conv2d`` of ``x[l]`` with ``kernel[l]`` for every
-  l (same padding, same output) with elementwise ops only (``_correlate``):
-  on XLA:CPU many times faster than ``lax.conv_general_dilated`` with
-  ``feature_group_count``.
+  l (same padding, same output) with elementwise ops only (``_correlate``),
+  which XLA fuses into one loop; XLA:CPU runs ``lax.conv_general_dilated``
+  with ``feature_group_count`` far slower.
 
   Args:
     x: ``[L, C, N, H, W]``.
@@ -418,17 +418,16 @@ def _depthwise(x: jax.Array, kernel: jax.Array, stride: int, dilation: int
 
   Differentiated as written, the input's cotangent would be a sum of K * K
   padded copies (the transpose of a slice is a pad), a fused loop that
-  tests every tap's bounds at every pixel: 6x slower than the forward conv
-  for a 5x5 kernel. The JVP rule (``_depthwise_jvp``) writes the input's
+  tests every tap's bounds at every pixel, several times slower than the
+  forward conv. The JVP rule (``_depthwise_jvp``) writes the input's
   tangent map as the transpose of ``_shifted_products_transpose``, so that
   reverse mode, transposing it, runs the correlation of the cotangent with
   the flipped kernel instead. Derivatives of every order and mode work, but
-  forward mode now evaluates that sum of padded copies: JVPs are faster
+  forward mode evaluates that sum of padded copies: JVPs are faster
   through ``_shifted_products`` (``DEPTHWISE``). The kernel's derivative is
-  the one JAX derives (one reduction per tap). (A rule that wrote the
-  kernel's term as one product with gathered taps made the graph smaller
-  but kept a K²-times larger residual per conv alive for the backward
-  pass: 10 GB at the DARTS search size.)
+  the one JAX derives (one reduction per tap): one product with gathered
+  taps instead would keep a K²-times larger residual per conv alive for the
+  backward pass.
   """
   return _shifted_products(x, kernel, stride, dilation)
 
@@ -457,11 +456,9 @@ def _depthwise_jvp(stride, dilation, primals, tangents):
 # The depthwise convs by the mode of differentiation they are written for,
 # the same function: 'reverse' (every gradient) transposes into a
 # correlation but evaluates its JVP slowly (pads); 'forward', JAX's
-# derivatives of the shifted products, the opposite. The exact
-# hypergradient's mixed second derivative, reverse over forward, runs a
-# DARTS search cell 1.25x faster with 'forward' (1.30 s against 1.62 s on
-# this project's 2-core CPU); a loss gradient 1.13x faster with 'reverse'
-# (0.82 s against 0.93 s).
+# derivatives of the shifted products, the opposite. Gradients are faster
+# with 'reverse'; the exact hypergradient's mixed second derivative, reverse
+# over forward, is faster with 'forward' (docs/performance.md).
 DEPTHWISE = {'reverse': _depthwise, 'forward': _shifted_products}
 
 

@@ -54,10 +54,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
-import numpy as np
 
 from sparsenas_jax import genotype as genotype_lib
 from sparsenas_jax import search_space
+from sparsenas_jax.models import initialization
 from sparsenas_jax.models.ops import avg_pool_3x3
 from sparsenas_jax.models.ops import BN_EPS
 from sparsenas_jax.models.ops import conv2d
@@ -349,31 +349,14 @@ class EvalNetwork(nn.Module):
 
 def init_variables(model: EvalNetwork, sample: jax.Array, seed: int
                    ) -> dict[str, Any]:
-  """``{'params', 'batch_stats'}`` with PyTorch's default init, in NumPy.
-
-  Shapes come from ``jax.eval_shape`` (nothing compiles; compiling the RNG
-  of hundreds of small parameters takes minutes on XLA:CPU). Kernels are
-  U(-1/√fan_in, 1/√fan_in) as PyTorch's conv and linear defaults; linear
-  biases start at zero; BN scales at one, offsets and running means at
-  zero, running variances at one. The auxiliary head is included (it is
-  created in training mode).
-  """
+  """``{'params', 'batch_stats'}`` with PyTorch's default init, in NumPy
+  (``models.initialization``: nothing compiles). The auxiliary head is
+  included (it is created in training mode)."""
   shapes = jax.eval_shape(
       lambda: model.init({'params': jax.random.key(0),
                           'dropout': jax.random.key(1)},
                          sample, train=True))
-  rng = np.random.default_rng(seed)
-
-  def fill(path, s):
-    name = str(getattr(path[-1], 'key', path[-1]))
-    if len(s.shape) >= 2:
-      bound = 1 / np.sqrt(np.prod(s.shape[:-1]))
-      return rng.uniform(-bound, bound, s.shape).astype(np.float32)
-    if name in ('scale', 'var'):
-      return np.ones(s.shape, np.float32)
-    return np.zeros(s.shape, np.float32)
-
-  return jax.tree_util.tree_map_with_path(fill, dict(shapes))
+  return initialization.fan_in_uniform(dict(shapes), seed)
 
 
 def count_eval_params(params) -> int:

@@ -55,20 +55,26 @@ CELL_IMPLS = ('batched', 'stacked', 'reference')
 
 
 def default_cell_impl(backend: Optional[str] = None) -> str:
-  """The faster cell formulation on ``backend`` (default: JAX's default).
+  """The cell formulation ``cell_impl='auto'`` picks for ``backend``.
 
-  XLA:CPU runs grouped (depthwise) convolutions many times slower than the
-  batched cell's shifted products, and the stacked parameter layout has a
-  third of the leaves (DARTS search size, measured before the batched cell
-  went channels-first: time to first step 285 s vs 332 s with per-edge
-  leaves, the same step time; the straightforward cell: 20 s per loss
-  gradient vs 11 s). cuDNN and the TPU
-  convolution units run depthwise convolutions natively, so there the
-  straightforward cell, one ``lax.conv_general_dilated`` per depthwise
-  conv, is the better choice. It is also the one that compiles there: on
-  an H200 with jaxlib 0.11.2, XLA:GPU aborted compiling the stacked and
-  batched cells at the DARTS size (a failed check in its Triton GEMM
-  tiling pass).
+  ``'stacked'`` on XLA:CPU, ``'reference'`` on every other backend.
+
+  XLA:CPU runs grouped (depthwise) convolutions far slower than the batched
+  cell's shifted products, and the stacked layout holds each parameter of a
+  stage's edges in one leaf instead of one per edge: fewer gradient outputs
+  and optimizer updates to compile. cuDNN and the TPU convolution units run
+  depthwise convolutions natively, so there the straightforward cell, one
+  ``lax.conv_general_dilated`` per depthwise conv, is the better choice. It
+  is also the one XLA:GPU compiles at the DARTS size: with jaxlib 0.11.2 its
+  Triton GEMM tiling pass fails a check on the stacked and batched cells
+  (docs/performance.md).
+
+  Args:
+    backend: a JAX platform name (``'cpu'``, ``'gpu'``, ``'tpu'``); None for
+      ``jax.default_backend()``.
+
+  Returns:
+    A name from ``CELL_IMPLS``.
   """
   backend = backend or jax.default_backend()
   return 'stacked' if backend == 'cpu' else 'reference'
@@ -347,9 +353,10 @@ class SearchNetwork(nn.Module):
     cell_impl: ``'batched'`` (the default: ``BatchedSearchCell``, the same
       function and params as ``'reference'``, much faster to compile),
       ``'stacked'`` (``BatchedSearchCell`` with the params of each stage's
-      edges stacked: faster still; ``reference_to_stacked_params``
+      edges stacked: fewer leaves; ``reference_to_stacked_params``
       converts) or ``'reference'`` (``SearchCell``, one ``MixedOp`` per
-      edge).
+      edge). ``default_cell_impl`` is the choice per backend that the jobs'
+      ``cell_impl='auto'`` makes.
     remat: rematerialise each cell in the backward pass (``nn.remat``):
       only the cells' inputs are kept from the forward pass, for about one
       more forward pass of compute. The same values.

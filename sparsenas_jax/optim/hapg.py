@@ -155,7 +155,7 @@ def adam_hapg(
   mean-of-middle conventions differ by at most half the gap between the two
   middle step sizes.
 
-  Pitfall (measured on an SGL least-squares problem, see tests): Adam's first
+  Pitfall (tests/test_optim.py, an SGL least-squares problem): Adam's first
   moment is a momentum of its own, and stacking it with the accelerated
   momentum u_t → 1 over-shoots and can oscillate or diverge, the more so the
   closer b1 is to 1. The default b1 = 0.5 (DARTS's architecture-Adam β₁) keeps

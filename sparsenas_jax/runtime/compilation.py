@@ -6,8 +6,8 @@ from the step time.
 
 A job's steps are kept on disk (``ExecutableStore``): serialised whole after
 their first compile and loaded by a rerun or a resumed run *without tracing
-or lowering* (a supernet's loss gradient takes about 40 s to trace and lower
-before XLA even starts). Keyed by the program's name, the abstract
+or lowering*, which for a supernet's gradients take longer than loading
+the compiled program does. Keyed by the program's name, the abstract
 signature of its arguments, and a salt that covers everything else the
 traced function depends on: this package's source, the jax/jaxlib versions,
 the devices, the compiler options and flags, and what the job adds (its
@@ -19,18 +19,19 @@ itself loaded from JAX's cache serialises incompletely, and loading that
 copy fails at run time ("Function ... not found"). ``ExecutableStore``
 therefore stores nothing while JAX's cache is on.
 
-On XLA:CPU the steps compiled here are compiled with ``CPU_OPTIONS``:
+On XLA:CPU the programs compiled here (``compiler_options``) use
+``CPU_OPTIONS``:
 
 * YNNPACK fusions for dots only. jaxlib 0.10's default also hands
   reductions to YNNPACK, which cannot fuse the producer of a reduction's
   operand into it: a reduction of ``slice(x) * g`` (every depthwise kernel
-  gradient, every batch norm) then materialises ``slice(x)`` first. One
-  DARTS search cell (C=16, batch 16, 32x32), loss gradient: 2.1 s with the
-  default, 0.9 s with dots only.
-* Backend optimisation level 1 instead of 2: the first-order search step at
-  the DARTS size compiles in 208 s instead of 260 s and runs as fast
-  (10.3 s). Level 0 (``cpu_fast_compile``) compiles faster still but runs a
-  supernet about 5x slower: worth it only for tiny networks.
+  gradient, every batch norm) then materialises ``slice(x)`` first.
+* Backend optimisation level 1 instead of 2: a supernet's programs compile
+  faster and run as fast. Level 0 (``cpu_fast_compile``) compiles faster
+  still but makes a supernet's steps several times slower, so it suits tiny
+  networks only.
+
+Measured effects of these choices: docs/performance.md.
 """
 
 from __future__ import annotations
@@ -132,29 +133,37 @@ def _malloc_trim():
 def release_free_memory() -> None:
   """Hands the C heap's free pages back to the OS (glibc's ``malloc_trim``).
 
-  XLA frees what it used to compile a program, but glibc keeps those pages
-  mapped, and the steps' buffers then come on top of them. A DARTS
-  supernet's loss gradient (C=16, batch 16) compiles with 3.5 GB resident;
-  trimmed afterwards, 1.35 GB stay, and running it reaches 3.0 GB: the
-  process peaks at 3.5 GB instead of 5.4 GB. A no-op where the C library is
-  not glibc.
+  XLA frees the memory it used to compile a program, but glibc keeps those
+  pages mapped, and the steps' buffers would then come on top of them:
+  trimming after each compile lowers the process's peak resident memory
+  (docs/performance.md). A no-op where the C library is not glibc.
   """
   trim = _malloc_trim()
   if trim is not None:
     trim(0)
 
 
+# The package's root: this module sits in sparsenas_jax/runtime/.
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def source_files() -> list[str]:
+  """The package's Python sources, relative to its root, sorted."""
+  return sorted(
+      os.path.relpath(os.path.join(folder, f), _PACKAGE_ROOT)
+      for folder, _, files in os.walk(_PACKAGE_ROOT)
+      for f in files if f.endswith('.py'))
+
+
 @functools.cache
 def _source_digest() -> str:
-  """SHA-256 of this package's Python sources (a code change is a new key)."""
+  """SHA-256 of the whole package's Python sources (a code change anywhere
+  in it is a new key)."""
   digest = hashlib.sha256()
-  root = os.path.dirname(os.path.abspath(__file__))
-  for folder, _, files in sorted(os.walk(root)):
-    for file in sorted(f for f in files if f.endswith('.py')):
-      path = os.path.join(folder, file)
-      digest.update(os.path.relpath(path, root).encode())
-      with open(path, 'rb') as f:
-        digest.update(f.read())
+  for name in source_files():
+    digest.update(name.encode())
+    with open(os.path.join(_PACKAGE_ROOT, name), 'rb') as f:
+      digest.update(f.read())
   return digest.hexdigest()
 
 
@@ -187,10 +196,10 @@ class ExecutableStore:
   runs wrote.
 
   A new store starts loading every program stored under its salt at once,
-  in background threads (XLA:CPU links a loss gradient's binary for 11-14
-  s; two such loads take 19 s side by side against 31 s one after the
-  other on 2 cores), while the job builds its state; ``load`` then waits
-  for the one it asks for.
+  largest first, in background threads, while the job builds its state:
+  loading is mostly XLA:CPU linking each program's binary, and loads side by
+  side finish sooner than one after the other. ``load`` then waits for the
+  one it asks for.
 
   Args:
     directory: the folder (created if needed).
@@ -271,9 +280,10 @@ class ExecutableStore:
       return
     if (jax.config.jax_compilation_cache_dir and
         jax.config.jax_enable_compilation_cache):
-      logging.warning('not storing program %s: JAX\'s persistent compilation '
-                      'cache is on, and a program loaded from it cannot be '
-                      'stored again (see sparsenas_jax.compilation)', key)
+      logging.warning(
+          'not storing program %s: JAX\'s persistent compilation cache is on, '
+          'and a program loaded from it cannot be stored again (see '
+          'sparsenas_jax.runtime.compilation)', key)
       return
     try:
       payload = pickle.dumps(serialize_executable.serialize(compiled))
