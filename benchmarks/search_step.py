@@ -63,6 +63,7 @@ def measure(args):
   from sparsenas_jax.runtime import compilation  # pylint: disable=g-import-not-at-top
   from sparsenas_jax.runtime import parallel  # pylint: disable=g-import-not-at-top
   from sparsenas_jax.experiments import cnn_search as cs  # pylint: disable=g-import-not-at-top
+  from sparsenas_jax.experiments import common  # pylint: disable=g-import-not-at-top
 
   config = cfg.get_config()
   config.init_channels, config.layers, config.nodes = (
@@ -84,7 +85,7 @@ def measure(args):
   t0 = time.perf_counter()
   state, arch_opt = cs.create_state(
       config, model, sample, weight_opt,
-      lambda a: cs.make_arch_optimizer(config, a, 100))
+      lambda a: common.make_arch_optimizer(config, a, 100))
   init_s = time.perf_counter() - t0
   state = parallel.replicate(state, mesh)
   rng = np.random.default_rng(0)

@@ -137,10 +137,18 @@ def _combine(g_val, g_plus, g_minus, eps, eta, arch):
                       g_val, correction, arch)
 
 
+@jax.jit
+def _clip_coefficient(grad_w, max_norm):
+  """c = min(1, max_norm / ‖∇_w L‖₂), the global-norm clipping of
+  ``optax.clip_by_global_norm``."""
+  norm = optax.tree.norm(grad_w)
+  return jnp.where(norm < max_norm, 1.0, max_norm / jnp.maximum(norm, 1e-30))
+
+
 def split_hypergradient(derivatives: Derivatives, weights, arch, train_batch,
                         val_batch, *, eta, mode: str = 'exact',
                         momentum=0.0, momentum_buffer=None,
-                        weight_decay=0.0):
+                        weight_decay=0.0, grad_clip=None):
   """``darts_hypergradient`` assembled from given ``Derivatives``.
 
   The same mathematics as ``darts_hypergradient`` (see there), written as a
@@ -152,7 +160,9 @@ def split_hypergradient(derivatives: Derivatives, weights, arch, train_batch,
   Returns:
     ``(g, val_loss)``: the hypergradient, a pytree like ``arch`` with its
     dtypes, and L_val at the weights it was taken at (w′; w in first-order
-    mode).
+    mode) — whatever the validation derivatives return first, passed
+    through untouched, so it may carry auxiliary outputs (an RNN's next
+    hidden state) beside the loss.
   """
   if mode not in MODES:
     raise ValueError(
@@ -163,19 +173,26 @@ def split_hypergradient(derivatives: Derivatives, weights, arch, train_batch,
         weights, arch, val_batch)
     return jax.tree.map(lambda gi, a: gi.astype(a.dtype), g, arch), value
   _, grad_w, _ = derivatives.train_grads(weights, arch, train_batch)
+  # With clipping (DARTS's recurrent search clips the unrolled step as the
+  # real one) c scales ∇_w L in w′, hence the mixed term: η c (c constant).
+  eta_mixed = eta
+  if grad_clip is not None:
+    clip = _clip_coefficient(grad_w, grad_clip)
+    grad_w = jax.tree.map(lambda g: (clip * g).astype(g.dtype), grad_w)
+    eta_mixed = eta * clip
   w_new = unroll(weights, grad_w, eta, momentum, momentum_buffer,
                  weight_decay)
   # w′ has the dtypes of w, so v is a valid tangent at w.
   value, v, g_val = derivatives.val_grads(w_new, arch, val_batch)
   if mode == 'exact':
     hvp = derivatives.mixed_product(weights, arch, v, train_batch)
-    return _combine(g_val, hvp, None, 0.0, eta, arch), value
+    return _combine(g_val, hvp, None, 0.0, eta_mixed, arch), value
   w_plus, w_minus, eps = _difference_points(weights, v)
   arch_grads = _arch_grads(derivatives.train_arch_grads,
                            derivatives.train_grads)
   _, g_plus = arch_grads(w_plus, arch, train_batch)
   _, g_minus = arch_grads(w_minus, arch, train_batch)
-  return _combine(g_val, g_plus, g_minus, eps, eta, arch), value
+  return _combine(g_val, g_plus, g_minus, eps, eta_mixed, arch), value
 
 
 def darts_hypergradient(
@@ -191,6 +208,7 @@ def darts_hypergradient(
     momentum=0.0,
     momentum_buffer=None,
     weight_decay=0.0,
+    grad_clip=None,
     return_val_loss: bool = False,
 ):
   """The gradient of the validation loss after one unrolled weight step.
@@ -201,7 +219,9 @@ def darts_hypergradient(
       w′(A) = w − η (μ·buf + ∇_w L_train(w, A) + λ_wd·w),
 
   the architecture gradient (Eq. 11) is, by the chain rule (buf and λ_wd·w do
-  not depend on A),
+  not depend on A; with ``grad_clip`` the gradient in w′ is scaled by the
+  clipping coefficient c = min(1, grad_clip / ‖∇_w L_train‖₂), held
+  constant, which scales η in the second term too),
 
       g = ∇_A L_val(w′, A) − η ∇²_{A,w} L_train(w, A) v,
       v = ∇_{w′} L_val(w′, A).
@@ -242,6 +262,9 @@ def darts_hypergradient(
     momentum_buffer: buf, its momentum buffer, a pytree like ``weights``;
       None (no buffer yet) counts as zeros.
     weight_decay: λ_wd, the weight optimizer's L2 weight decay.
+    grad_clip: the weight step's global-norm clipping threshold, applied in
+      the unrolled step as in the real one (DARTS's recurrent search); None:
+      no clipping (DARTS's CNN search).
     return_val_loss: also return L_val at the weights the gradient is taken
       at (w′, or w in first-order mode), free of charge.
 
@@ -259,5 +282,6 @@ def darts_hypergradient(
   g, value = split_hypergradient(
       autodiff_derivatives(train_loss, val_loss), weights, arch, train_batch,
       val_batch, eta=eta, mode=mode, momentum=momentum,
-      momentum_buffer=momentum_buffer, weight_decay=weight_decay)
+      momentum_buffer=momentum_buffer, weight_decay=weight_decay,
+      grad_clip=grad_clip)
   return (g, value) if return_val_loss else g

@@ -28,6 +28,8 @@ JOBS = {
     'cnn_search': 'sparsenas_jax.experiments.cnn_search',
     'cnn_train': 'sparsenas_jax.experiments.cnn_train',
     'digits_prune': 'sparsenas_jax.experiments.digits_prune',
+    'rnn_search': 'sparsenas_jax.experiments.rnn_search',
+    'rnn_train': 'sparsenas_jax.experiments.rnn_train',
 }
 
 

@@ -112,3 +112,33 @@ def edge_stride(reduction: bool, src: int) -> int:
 def reduction_layers(layers: int) -> tuple[int, int]:
   """Indices of the two reduction cells among ``layers`` cells (DARTS)."""
   return layers // 3, 2 * layers // 3
+
+
+# -- The DARTS recurrent cell (Penn Treebank) ---------------------------------
+
+RNN_OPS = ('tanh', 'relu', 'sigmoid', 'identity')
+"""The activations f of a recurrent edge's highway s + σ(c)⊙(f(h) − s),
+DARTS's list without ``none`` (a zero weight already removes an edge)."""
+
+RNN_NODES = 8
+"""Intermediate nodes of the DARTS recurrent cell."""
+
+
+def check_rnn_ops(ops: Sequence[str]) -> tuple[str, ...]:
+  """``check_ops`` for the recurrent activations ``RNN_OPS``."""
+  ops = tuple(ops) if not isinstance(ops, str) else ops
+  if isinstance(ops, str) or not ops or len(set(ops)) != len(ops) or any(
+      op not in RNN_OPS for op in ops):
+    raise ValueError(f'recurrent ops must be a non-empty subset of '
+                     f'{", ".join(RNN_OPS)} without duplicates; got {ops!r}.')
+  return ops
+
+
+def rnn_arch_shapes(nodes: int, num_ops: int) -> dict[str, tuple[int, int]]:
+  """Shapes of the recurrent cell's architecture weights: node i (0-based)
+  has i + 1 rows, one per predecessor s_0 … s_i (s_0 is the input state).
+
+  Returns:
+    ``{f'node_{i}': (i + 1, num_ops) for i in range(nodes)}``.
+  """
+  return {f'node_{i}': (i + 1, num_ops) for i in range(nodes)}

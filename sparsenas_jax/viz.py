@@ -1,7 +1,9 @@
-"""Pictures of genotypes: a derived cell pair drawn as two DAGs.
+"""Pictures of genotypes: a derived cell pair drawn as two DAGs, and a
+recurrent cell drawn as a chain of states beside a heat map of its weights.
 
   from sparsenas_jax import viz
   viz.plot_genotype(genotype, 'genotype.png', show_weights=True)
+  viz.plot_recurrent_genotype(rnn_genotype, 'rnn_genotype.png')
 
 The figure is drawn on matplotlib's Agg canvas directly, so the global
 backend (``pyplot``'s) is neither needed nor changed.
@@ -12,12 +14,15 @@ from __future__ import annotations
 import math
 import os
 
+from matplotlib import colormaps
 from matplotlib import figure
 from matplotlib import patches
 from matplotlib import path as mpath
 from matplotlib.backends import backend_agg
+import numpy as np
 
 from sparsenas_jax import genotype as genotype_lib
+from sparsenas_jax import rnn_genotype as rnn_genotype_lib
 from sparsenas_jax import search_space
 
 _OP_COLORS = {
@@ -192,6 +197,162 @@ def plot_genotype(genotype: genotype_lib.Genotype,
                       scale * max(h for _, h in sizes) + 0.5)
   fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.92,
                       wspace=0.05)
+  parent = os.path.dirname(os.fspath(path))
+  if parent:
+    os.makedirs(parent, exist_ok=True)
+  fig.savefig(path, dpi=dpi, format='png')
+
+
+# -- The recurrent cell ------------------------------------------------------
+
+_RNN_OP_COLORS = {'tanh': '#d62728', 'relu': '#1f77b4', 'sigmoid': '#2ca02c',
+                  'identity': '#000000'}
+_RNN_SPACING = 3.0  # data units between neighbouring states
+
+
+def _rnn_arc_height(span):
+  """How far above the line an edge over ``span`` positions bulges.
+
+  Straight between neighbours; higher with the span, so that the labels of
+  edges over different spans sit at different heights.
+  """
+  return 0.0 if span <= 1 else 0.7 + 0.6 * (span - 2)
+
+
+def _draw_recurrent_cell(ax, genotype, show_weights):
+  """Draws the cell on ``ax`` in data units; returns the data extent."""
+  order = [0] + [node.index for node in genotype.nodes] + ['out']
+  place = {key: j for j, key in enumerate(order)}
+  pos = {key: (_RNN_SPACING * j, 0.0) for key, j in place.items()}
+  radius = 0.6
+  names = {0: r'$s_0$', 'out': r'$h_t$'}
+  for key, (x, y) in pos.items():
+    ax.add_patch(patches.Circle(
+        (x, y), radius, facecolor='#a6d8f0' if key in names else '#fff3b0',
+        edgecolor='black', lw=1.2, zorder=3))
+    ax.text(x, y, names.get(key, f'$s_{{{key}}}$'), ha='center',
+            va='center', fontsize=12, zorder=4)
+
+  placed = list(pos.values())  # label anchors so far, nodes included
+
+  def arrow(src, dst, height, color, label, style='-'):
+    chord = pos[dst][0] - pos[src][0]
+    # _Arc's curve peaks at rad / 2 chord lengths off the chord; negative
+    # rad bends a left-to-right edge upwards.
+    arc = _Arc(pos[src], pos[dst], -2 * height / chord)
+    curve = mpath.Path(arc.clipped(radius * 1.04),
+                       [mpath.Path.MOVETO, mpath.Path.CURVE3,
+                        mpath.Path.CURVE3])
+    ax.add_patch(patches.FancyArrowPatch(
+        path=curve, arrowstyle='-|>', mutation_scale=13, color=color, lw=1.3,
+        linestyle=style, zorder=2))
+    if label:
+      # As in _draw_cell: the spot along the curve farthest from the other
+      # labels and nodes, the middle winning ties.
+      spots = [arc.at(t) for t in (0.5, 0.42, 0.58, 0.34, 0.66)]
+      best = max(spots, key=lambda q: min(
+          math.hypot((q[0] - r[0]) / 3, q[1] - r[1]) for r in placed) + 1e-3 * (
+              q == spots[0]))
+      placed.append(best)
+      ax.text(*best, label, ha='center', va='center', fontsize=8,
+              color=color, zorder=5, linespacing=1.1,
+              bbox=dict(boxstyle='round,pad=0.15', fc='white', ec='none',
+                        alpha=0.85))
+
+  top = 0.0
+  for node in genotype.nodes:
+    by_pred = {}
+    for pred, op, w in node.inputs:
+      by_pred.setdefault(pred, []).append((op, w))
+    for pred, edges in by_pred.items():
+      height = _rnn_arc_height(place[node.index] - place[pred])
+      top = max(top, height)
+      label = '\n'.join(f'{op} ({w:.3g})' if show_weights else op
+                        for op, w in edges)
+      color = (_RNN_OP_COLORS.get(edges[0][0], '#8c564b') if len(edges) == 1
+               else '#444444')
+      arrow(pred, node.index, height, color, label)
+  bottom = 0.0
+  for index in genotype.concat:
+    # Mean into h_t: grey, dashed, below the line, out of the labels' way.
+    height = -0.3 * (place['out'] - place[index] - 1)
+    bottom = min(bottom, height)
+    arrow(index, 'out', height, '#888888', None, style='--')
+
+  margin = _MARGIN
+  xs = [p[0] for p in pos.values()]
+  ax.set_xlim(min(xs) - margin, max(xs) + margin)
+  ax.set_ylim(bottom - margin, top + margin)
+  ax.set_aspect('equal')
+  ax.axis('off')
+  n_ops = sum(len(n.inputs) for n in genotype.nodes)
+  ax.set_title(f'recurrent cell: {len(genotype.nodes)} nodes, {n_ops} ops',
+               fontsize=13)
+  return max(xs) - min(xs) + 2 * margin, top - bottom + 2 * margin
+
+
+def _draw_recurrent_weights(fig, ax, genotype):
+  """Heat map of the kept weights: a row per edge, a column per op."""
+  edges = sorted({(node.index, pred) for node in genotype.nodes
+                  for pred, _, _ in node.inputs})
+  row = {edge: r for r, edge in enumerate(edges)}
+  col = {op: c for c, op in enumerate(genotype.ops)}
+  weights = np.full((len(edges), len(genotype.ops)), np.nan)
+  for node in genotype.nodes:
+    for pred, op, w in node.inputs:
+      weights[row[node.index, pred], col[op]] = w
+  vmax = float(np.nanmax(np.abs(weights))) or 1.0
+  cmap = colormaps['RdBu_r'].with_extremes(bad='#eeeeee')
+  image = ax.imshow(np.ma.masked_invalid(weights), cmap=cmap, vmin=-vmax,
+                    vmax=vmax, aspect='auto', interpolation='nearest')
+  for (r, c), w in np.ndenumerate(weights):
+    if np.isfinite(w):
+      ax.text(c, r, f'{w:.2g}', ha='center', va='center', fontsize=7,
+              color='white' if abs(w) > 0.6 * vmax else 'black')
+  ax.set_xticks(range(len(genotype.ops)), genotype.ops, rotation=45,
+                ha='right', fontsize=8)
+  ax.set_yticks(range(len(edges)),
+                [f'$s_{{{p}}} \\to s_{{{k}}}$' for k, p in edges],
+                fontsize=8)
+  ax.set_title('kept weights', fontsize=11)
+  fig.colorbar(image, ax=ax, shrink=0.8)
+
+
+def plot_recurrent_genotype(genotype: rnn_genotype_lib.RecurrentGenotype,
+                            path: genotype_lib.PathLike, *,
+                            show_weights: bool = True,
+                            dpi: int = 150) -> None:
+  """Draws a recurrent cell and a heat map of its weights into a PNG.
+
+  Left, the cell: states left to right, s_0 first, the live intermediate
+  states by number, h_t on the right; one arrow per kept edge pred -> node
+  (straight between neighbours, arched above the line over longer spans)
+  labelled with its op(s), coloured by the op (dark grey when one edge keeps
+  several), and grey dashed arrows below the line from the states averaged
+  into h_t. Right, the kept weights: a row per edge, a column per op, blank
+  where an op was not kept. Uses matplotlib's Agg canvas directly, so the
+  global backend is left alone.
+
+  Args:
+    genotype: the cell to draw.
+    path: the PNG file to write (parent folders are created).
+    show_weights: also print each op's architecture weight on its arrow.
+    dpi: resolution.
+  """
+  fig = figure.Figure(layout='constrained')
+  backend_agg.FigureCanvasAgg(fig)
+  n_edges = len({(node.index, pred) for node in genotype.nodes
+                 for pred, _, _ in node.inputs})
+  scale = 0.75  # inches per data unit of the cell
+  n = len(genotype.nodes)
+  cell_width = scale * (_RNN_SPACING * (n + 1) + 2 * _MARGIN)
+  weights_width = 2.2 + 0.5 * len(genotype.ops)
+  axes = fig.subplots(1, 2, gridspec_kw={
+      'width_ratios': [cell_width, weights_width]})
+  width, height = _draw_recurrent_cell(axes[0], genotype, show_weights)
+  _draw_recurrent_weights(fig, axes[1], genotype)
+  fig.set_size_inches(scale * width + weights_width,
+                      max(scale * height + 0.5, 0.28 * n_edges + 1.6))
   parent = os.path.dirname(os.fspath(path))
   if parent:
     os.makedirs(parent, exist_ok=True)

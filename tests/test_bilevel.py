@@ -314,3 +314,35 @@ def test_unknown_mode_raises():
                      match="'exact', 'finite_difference', 'first_order'"):
     darts_hypergradient(_loss, _loss, weights, arch, train_batch, val_batch,
                         eta=0.1, mode='second_order')
+
+
+@pytest.mark.parametrize('grad_clip', [1e-3, 1e3])
+def test_clipped_unrolled_step_matches_central_difference(x64, grad_clip):
+  """With clipping, g is the derivative of L_val(w′(A), A) for
+  w′ = w − η (c ∇_w L_train(w, A) + λ·w), c = min(1, clip / ‖∇_w L‖) held
+  at its value for the current A (the tiny clip binds, the large one not)."""
+  del x64
+  weights, arch, _, train_batch, val_batch = _problem()
+  eta, weight_decay = 0.3, 1e-2
+  norm = np.sqrt(sum(np.sum(np.square(g)) for g in jax.tree.leaves(
+      _grad_w(weights, arch, train_batch))))
+  clip = min(1.0, grad_clip / norm)
+
+  def objective(a):
+    grad_w = _grad_w(weights, a, train_batch)
+    w_new = jax.tree.map(lambda w, g: w - eta * (clip * g + weight_decay * w),
+                         weights, grad_w)
+    return _loss(w_new, a, val_batch)
+
+  brute_force = _central_difference(objective, arch)
+  for mode, rtol in (('exact', 1e-6), ('finite_difference', 1e-3)):
+    g = darts_hypergradient(
+        _loss, _loss, weights, arch, train_batch, val_batch, eta=eta,
+        mode=mode, weight_decay=weight_decay, grad_clip=grad_clip)
+    np.testing.assert_allclose(_flat(g), _flat(brute_force), rtol=rtol,
+                               atol=1e-9)
+  if grad_clip < norm:  # the clip binds: not the unclipped gradient
+    unclipped = darts_hypergradient(
+        _loss, _loss, weights, arch, train_batch, val_batch, eta=eta,
+        mode='exact', weight_decay=weight_decay)
+    assert _rel_err(unclipped, brute_force) > 1e-3

@@ -12,6 +12,7 @@ SCRIPT = textwrap.dedent('''
     import jax, jax.numpy as jnp, numpy as np
     from sparsenas_jax.runtime import parallel
     from sparsenas_jax.experiments import cnn_search as cs
+    from sparsenas_jax.experiments import common
     import configs.cnn_search as cfg
     assert jax.device_count() == 4, jax.devices()
     c = cfg.get_config('digits')
@@ -23,7 +24,7 @@ SCRIPT = textwrap.dedent('''
     sample = jnp.zeros((1, 8, 8, 1))
     wopt = cs.make_weight_optimizer(c, 100)
     state0, aopt = cs.create_state(
-        c, model, sample, wopt, lambda a: cs.make_arch_optimizer(c, a, 5))
+        c, model, sample, wopt, lambda a: common.make_arch_optimizer(c, a, 5))
     mean, std = jnp.asarray(d.mean), jnp.asarray(d.std)
     finals = []
     # One device with the whole step as one program; four devices with the

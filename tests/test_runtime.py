@@ -165,3 +165,19 @@ def test_padded_marks_the_real_rows():
   np.testing.assert_array_equal(batch['mask'], [1, 1, 1, 0, 0])
   assert batch['image'].shape == (5, 2) and batch['label'][3:].tolist() == [0,
                                                                             0]
+
+
+def test_after_epoch_changes_the_state_before_the_checkpoint(tmp_path, mesh):
+  seen = []
+
+  def after_epoch(state, scalars):
+    seen.append(scalars['loss'])
+    return state._replace(w=jnp.zeros_like(state.w))
+
+  job = _job(0.1, total_steps=8)
+  job = loop.Job(**{**job.__dict__, 'after_epoch': after_epoch})
+  state, _ = loop.run(job, str(tmp_path), mesh)
+  assert len(seen) == 2 and np.all(np.asarray(state.w) == 0)
+  assert state.w.sharding == parallel.replicated(mesh)
+  step, saved = _restore_latest(tmp_path)
+  assert step == 8 and np.all(saved.w == 0)

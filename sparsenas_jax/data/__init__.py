@@ -26,6 +26,15 @@ from sparsenas_jax.data.digits import digits_splits
 from sparsenas_jax.data.digits import load_digits
 from sparsenas_jax.data.digits import part_sizes
 from sparsenas_jax.data.digits import split_indices
+from sparsenas_jax.data.ptb import batchify
+from sparsenas_jax.data.ptb import Corpus
+from sparsenas_jax.data.ptb import eval_windows
+from sparsenas_jax.data.ptb import load_ptb
+from sparsenas_jax.data.ptb import steps_per_epoch as ptb_steps_per_epoch
+from sparsenas_jax.data.ptb import tiny_corpus
+from sparsenas_jax.data.ptb import train_windows
+from sparsenas_jax.data.ptb import unigram_perplexity
+from sparsenas_jax.data.ptb import window
 from sparsenas_jax.data.splits import ImageSplits
 from sparsenas_jax.data.splits import load_image_splits
 from sparsenas_jax.data.tfds_images import CIFAR100_MEAN
@@ -41,7 +50,7 @@ from sparsenas_jax.data.tfds_images import TensorFlowRequiredError
 
 __all__ = [
     'CIFAR100_MEAN', 'CIFAR100_STD', 'CIFAR10_MEAN', 'CIFAR10_STD',
-    'DatasetNotPreparedError', 'ImageSplits', 'NORMALIZATION',
+    'Corpus', 'DatasetNotPreparedError', 'ImageSplits', 'NORMALIZATION',
     'TensorFlowRequiredError',
     'batch_at', 'batch_indices', 'channel_stats', 'color_jitter', 'cutout',
     'darts_augment',
@@ -50,4 +59,7 @@ __all__ = [
     'part_sizes',
     'prepared_builder', 'random_crop', 'random_flip', 'split_indices',
     'steps_per_epoch',
+    # PTB text (the PTB steps_per_epoch is data.ptb_steps_per_epoch).
+    'batchify', 'eval_windows', 'load_ptb', 'ptb_steps_per_epoch',
+    'tiny_corpus', 'train_windows', 'unigram_perplexity', 'window',
 ]

@@ -34,7 +34,6 @@ import optax
 from sparsenas_jax import bilevel
 from sparsenas_jax import data
 from sparsenas_jax import genotype as genotype_lib
-from sparsenas_jax import optim
 from sparsenas_jax import viz
 from sparsenas_jax.errors import ConfigError
 from sparsenas_jax.experiments import common
@@ -161,28 +160,6 @@ def init_weights(model, sample, arch, seed: int):
   return initialization.fan_in_uniform(shapes, seed, leading_axes=stacked)
 
 
-def lambda_schedule(config, steps_per_epoch: int):
-  """λ raised by ``lambda_step`` at the start of every epoch (λ₀ = 0)."""
-  return lambda count: config.lambda_step * (count // steps_per_epoch)
-
-
-def make_arch_optimizer(config, arch, steps_per_epoch: int):
-  groups = optim.darts_node_groups(arch)
-  lam = lambda_schedule(config, steps_per_epoch)
-  if config.arch_optimizer == 'adam_hapg':
-    return optim.adam_hapg(config.arch_learning_rate, lam, config.l1_ratio,
-                           groups=groups, b1=config.arch_b1,
-                           b2=config.arch_b2)
-  if config.arch_optimizer == 'hapg':
-    return optim.hapg(config.arch_learning_rate, lam, config.l1_ratio,
-                      groups=groups)
-  # DARTS's architecture optimizer: Adam with L2 weight decay, no sparsity.
-  return optax.chain(
-      optax.add_decayed_weights(config.arch_weight_decay),
-      optax.adam(config.arch_learning_rate, b1=config.arch_b1,
-                 b2=config.arch_b2))
-
-
 def weight_schedule(config, total_steps: int):
   return optax.cosine_decay_schedule(
       config.learning_rate, total_steps,
@@ -194,13 +171,6 @@ def make_weight_optimizer(config, total_steps: int):
                           grad_clip=config.grad_clip,
                           weight_decay=config.weight_decay,
                           momentum=config.momentum)
-
-
-def architecture(config, state: SearchState):
-  """The architecture to read: the exactly sparse prox point of (Adam)HAPG."""
-  if config.arch_optimizer in ('adam_hapg', 'hapg'):
-    return optim.sparse_params(state.arch_opt_state)
-  return state.arch
 
 
 # ---------------------------------------------------------------------------
@@ -379,7 +349,7 @@ def run(config: ml_collections.ConfigDict, workdir: str):
     nonlocal arch_opt
     state, arch_opt = create_state(
         config, model, sample, weight_opt,
-        lambda a: make_arch_optimizer(config, a, steps_per_epoch))
+        lambda a: common.make_arch_optimizer(config, a, steps_per_epoch))
     logging.info('supernet: %d weights, %d architecture weights; %d '
                  'steps/epoch', supernet.count_params(state.weights),
                  supernet.count_params(state.arch), steps_per_epoch)
@@ -414,7 +384,7 @@ def run(config: ml_collections.ConfigDict, workdir: str):
 
   def epoch_scalars(state, step):
     counts = genotype_lib.sparsity_counts(
-        parallel.to_host(architecture(config, state)))
+        parallel.to_host(common.architecture(config, state.arch, state.arch_opt_state)))
     return {'lambda': config.lambda_step * ((step - 1) // steps_per_epoch),
             'ops_nonzero': counts['ops_nonzero'],
             'nodes_live': counts['nodes_live'],
@@ -423,7 +393,7 @@ def run(config: ml_collections.ConfigDict, workdir: str):
 
   def evaluate(state):
     return evaluation.evaluate(
-        eval_step, (state.weights, architecture(config, state)),
+        eval_step, (state.weights, common.architecture(config, state.arch, state.arch_opt_state)),
         evaluation.array_reader(*search_data.test),
         len(search_data.test[0]), config.batch_size, mesh)
 
@@ -450,7 +420,7 @@ def run(config: ml_collections.ConfigDict, workdir: str):
 def _finish(config, state, ops, workdir, summary):
   """Derives, saves and pictures the genotype; writes search_results.json
   (process 0)."""
-  arch = parallel.to_host(architecture(config, state))
+  arch = parallel.to_host(common.architecture(config, state.arch, state.arch_opt_state))
   if jax.process_index() != 0:
     return summary
   np.savez(os.path.join(workdir, 'architecture.npz'),

@@ -1,5 +1,6 @@
-"""Pieces the CNN search and training jobs share: config checks of the
-network and the run, image scaling, DARTS's SGD."""
+"""Pieces the jobs share: config checks of the CNN jobs, image scaling,
+DARTS's SGD, and the searches' architecture optimizer (λ ramp, AdamHAPG,
+HAPG or DARTS's Adam) and the architecture they read."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from sparsenas_jax import optim
 from sparsenas_jax.errors import ConfigError
 
 
@@ -40,3 +42,35 @@ def darts_sgd(learning_rate, *, grad_clip: float, weight_decay: float,
       optax.clip_by_global_norm(grad_clip),
       optax.add_decayed_weights(weight_decay),
       optax.sgd(learning_rate, momentum=momentum))
+
+
+def lambda_schedule(config, steps_per_epoch: int):
+  """λ raised by ``lambda_step`` at the start of every epoch (λ₀ = 0)."""
+  return lambda count: config.lambda_step * (count // steps_per_epoch)
+
+
+def make_arch_optimizer(config, arch, steps_per_epoch: int):
+  """The search's optimizer of A (``config.arch_optimizer``), one SGL group
+  per node (``optim.darts_node_groups``), λ ramped per epoch."""
+  groups = optim.darts_node_groups(arch)
+  lam = lambda_schedule(config, steps_per_epoch)
+  if config.arch_optimizer == 'adam_hapg':
+    return optim.adam_hapg(config.arch_learning_rate, lam, config.l1_ratio,
+                           groups=groups, b1=config.arch_b1,
+                           b2=config.arch_b2)
+  if config.arch_optimizer == 'hapg':
+    return optim.hapg(config.arch_learning_rate, lam, config.l1_ratio,
+                      groups=groups)
+  # DARTS's architecture optimizer: Adam with L2 weight decay, no sparsity.
+  return optax.chain(
+      optax.add_decayed_weights(config.arch_weight_decay),
+      optax.adam(config.arch_learning_rate, b1=config.arch_b1,
+                 b2=config.arch_b2))
+
+
+def architecture(config, arch, arch_opt_state):
+  """The architecture to read: the exactly sparse prox point of (Adam)HAPG,
+  or ``arch`` itself for DARTS's Adam."""
+  if config.arch_optimizer in ('adam_hapg', 'hapg'):
+    return optim.sparse_params(arch_opt_state)
+  return arch

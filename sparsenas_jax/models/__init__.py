@@ -24,6 +24,10 @@ from sparsenas_jax.models.ops import make_op
 from sparsenas_jax.models.ops import max_pool_3x3
 from sparsenas_jax.models.ops import ReLUConvBN
 from sparsenas_jax.models.ops import SepConv
+from sparsenas_jax.models.rnn import init_rnn_variables
+from sparsenas_jax.models.rnn import RNNEvalCell
+from sparsenas_jax.models.rnn import RNNModel
+from sparsenas_jax.models.rnn import RNNSearchCell
 from sparsenas_jax.models.supernet import check_arch
 from sparsenas_jax.models.supernet import count_params
 from sparsenas_jax.models.supernet import init_arch
@@ -32,11 +36,15 @@ from sparsenas_jax.models.supernet import SearchCell
 from sparsenas_jax.models.supernet import SearchNetwork
 from sparsenas_jax.search_space import arch_shapes
 from sparsenas_jax.search_space import DARTS_OPS
+from sparsenas_jax.search_space import rnn_arch_shapes
+from sparsenas_jax.search_space import RNN_OPS
 
 __all__ = [
     'DARTS_OPS', 'DilConv', 'EvalNetwork', 'FactorizedReduce', 'MixedOp',
-    'ReLUConvBN', 'SearchCell', 'SearchNetwork', 'SepConv', 'arch_shapes',
-    'avg_pool_3x3', 'batch_norm', 'check_arch', 'conv2d', 'count_eval_params',
-    'count_macs', 'count_params', 'depthwise_conv2d', 'genotype_stats',
-    'init_arch', 'init_variables', 'make_op', 'max_pool_3x3',
+    'RNNEvalCell', 'RNNModel', 'RNNSearchCell', 'RNN_OPS', 'ReLUConvBN',
+    'SearchCell', 'SearchNetwork', 'SepConv', 'arch_shapes', 'avg_pool_3x3',
+    'batch_norm', 'check_arch', 'conv2d', 'count_eval_params', 'count_macs',
+    'count_params', 'depthwise_conv2d', 'genotype_stats', 'init_arch',
+    'init_rnn_variables', 'init_variables', 'make_op', 'max_pool_3x3',
+    'rnn_arch_shapes',
 ]

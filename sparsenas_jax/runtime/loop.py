@@ -75,6 +75,11 @@ class Job:
     epoch_scalars: ``(state, step) -> scalars`` added at each epoch's end
       (e.g. λ and sparsity counts).
     log_keys: ``(name, format)`` pairs of the scalars on the progress line.
+    after_epoch: ``(state, scalars) -> state``, run at each epoch's end
+      after the scalars and before the checkpoint: a change of the state
+      that depends on them (DARTS's switch to averaged SGD when the
+      validation loss stops improving). The new state's leaves are placed
+      as the old ones.
   """
   init_state: Callable[[], Any]
   compile: Callable[[Any, Any, jax.Array], Step]
@@ -88,6 +93,7 @@ class Job:
   epoch_scalars: Callable[[Any, int], Mapping[str, float]] = (
       lambda state, step: {})
   log_keys: Sequence[tuple[str, str]] = ()
+  after_epoch: Optional[Callable[[Any, Mapping[str, float]], Any]] = None
 
 
 def _epoch_means(step_metrics: Sequence[Mapping[str, Any]]) -> dict[str, float]:
@@ -186,6 +192,9 @@ def run(job: Job, workdir: str, mesh: jax.sharding.Mesh
       writer.write_scalars(done, scalars)
       logging.info(_progress_line(epoch, epochs, scalars, job.log_keys, rate,
                                   progress.eta_s(done)))
+      if job.after_epoch is not None:
+        state = jax.tree.map(lambda new, old: jax.device_put(new, old.sharding),
+                             job.after_epoch(state, scalars), state)
       checkpointer.save(done, state)
       epoch_metrics = []
       summary.update(scalars)
