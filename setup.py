@@ -28,7 +28,8 @@ setuptools.setup(
     extras_require={
         # skglm is the independent Sparse Group Lasso solver the tests compare
         # against (WeightedL1GroupL2 + QuadraticGroup + GroupBCD).
-        'test': ['pytest>=8', 'skglm==0.5'],
+        # pytest-xdist: the suite runs in two processes (pytest.ini).
+        'test': ['pytest>=8', 'pytest-xdist>=3.5', 'skglm==0.5'],
         # TensorFlow is needed to read TFDS datasets (CIFAR, ImageNet).
         'tfds': ['tensorflow-cpu>=2.21'],
         'tpu': ['jax[tpu]>=0.10.2,<0.11'],

@@ -48,13 +48,14 @@ def get_config(arg=None):
   c.compilation_cache_dir = ''
   c.cpu_fast_compile = False
   c.unroll = 1                # time steps per scan iteration
+  c.remat = True              # recompute each step's cell in the backward
   if arg == 'tiny':
     c.dataset = 'tiny'
     c.nhid = 64
     c.batch_size = 32
     c.bptt = 20
     c.max_seq_len_delta = 10
-    c.epochs = 8
+    c.epochs = 12
     c.dropout = c.dropoutx = 0.3
     c.dropouth = c.dropouti = 0.1
     c.dropoute = 0.0

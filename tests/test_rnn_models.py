@@ -232,8 +232,9 @@ def test_eval_model_matches_numpy():
   p['decoder_bias'] = rng.normal(size=NTOKEN).astype(np.float32)
   tokens = rng.integers(0, NTOKEN, (6, B)).astype(np.int32)
   hidden = rng.normal(size=(B, NHID)).astype(np.float32)
-  log_probs, new_hidden, outputs = model.apply(
+  logits, new_hidden, outputs = model.apply(
       variables, tokens, hidden, np.ones(6, np.float32), train=False)
+  log_probs = jax.nn.log_softmax(logits)
   q = _f64(p)
   h, ones = np.asarray(hidden, np.float64), np.ones((B, NHID))
   want = []
@@ -244,9 +245,9 @@ def test_eval_model_matches_numpy():
   want = np.stack(want)
   np.testing.assert_allclose(outputs, want, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(new_hidden, want[-1], rtol=1e-5, atol=1e-6)
-  logits = want @ q['embedding'].T + q['decoder_bias']
-  np.testing.assert_allclose(log_probs, np_log_softmax(logits), rtol=1e-5,
-                             atol=1e-5)
+  want_logits = want @ q['embedding'].T + q['decoder_bias']
+  np.testing.assert_allclose(log_probs, np_log_softmax(want_logits),
+                             rtol=1e-5, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------
@@ -256,9 +257,10 @@ def test_eval_model_matches_numpy():
 
 def _masked_nll_and_grads(model, params, arch, tokens, targets, mask, hidden):
   def loss(params, arch):
-    log_probs, new_hidden, _ = model.apply(
+    logits, new_hidden, _ = model.apply(
         {'params': params}, tokens, hidden, mask, arch, train=True,
         rngs={'dropout': jax.random.key(11)})
+    log_probs = jax.nn.log_softmax(logits)
     nll = -jnp.take_along_axis(log_probs, targets[..., None], -1)[..., 0]
     return (jnp.sum(nll * mask[:, None]) / (jnp.sum(mask) * tokens.shape[1]),
             (log_probs, new_hidden))

@@ -99,7 +99,8 @@ def test_searched_cell_trains_from_scratch(runs, tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   results = json.loads((tmp_path / 'train' / 'results.json').read_text())
   assert results['params'] == results['params_formula']
-  assert results['test_perplexity'] < 1600 and results['steps'] > 0
+  # Uniform over the ~1.5k words would be ~1526: the model learned.
+  assert results['test_perplexity'] < 1000 and results['steps'] > 0
   assert np.isfinite(results['val_perplexity'])
 
 

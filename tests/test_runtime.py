@@ -104,8 +104,10 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(
     loop.run(_job(1e30, total_steps=40, steps_per_epoch=steps_per_epoch),
              str(tmp_path), mesh)
   message = str(e.value)
+  step, _ = _restore_latest(tmp_path)
+  assert f'resumes from step {step}' in message  # the latest checkpoint
   assert 'diverged at step' in message and 'not finite' in message
-  assert 'config.learning_rate' in message and 'resumes from step 8' in message
+  assert 'config.learning_rate' in message
   assert '\n' not in message
   diverged_at = int(message.split('step ')[1].split(':')[0])
   assert 8 < diverged_at < 40

@@ -15,6 +15,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from sparsenas_jax.data import ptb
 from sparsenas_jax.errors import ConfigError
@@ -68,15 +69,16 @@ def eval_windows(source: np.ndarray, bptt: int) -> dict[str, np.ndarray]:
   return {k: np.stack([w[k] for w in windows]) for k in windows[0]}
 
 
-def token_nll(log_probs: jax.Array, targets: jax.Array) -> jax.Array:
-  """−log p(target) per step: ``[T, B, V]``, ``[T, B]`` → ``[T, B]``."""
-  return -jnp.take_along_axis(log_probs, targets[..., None], -1)[..., 0]
+def token_nll(logits: jax.Array, targets: jax.Array) -> jax.Array:
+  """−log softmax(logits)[target] per step: ``[T, B, V]``, ``[T, B]`` →
+  ``[T, B]``, without materialising the log-probabilities."""
+  return optax.softmax_cross_entropy_with_integer_labels(logits, targets)
 
 
-def masked_mean_nll(log_probs, batch) -> jax.Array:
-  """The mean NLL over the window's real steps (time-major log-probs)."""
+def masked_mean_nll(logits, batch) -> jax.Array:
+  """The mean NLL over the window's real steps (time-major logits)."""
   mask = batch['mask'].T  # [T, B]
-  nll = token_nll(log_probs, batch['target'].T)
+  nll = token_nll(logits, batch['target'].T)
   return jnp.sum(nll * mask) / jnp.maximum(jnp.sum(mask), 1)
 
 
@@ -91,7 +93,7 @@ def temporal_activation_penalty(outputs, batch, beta: float) -> jax.Array:
 def make_perplexity(apply_fn):
   """A jitted ``(params, arch, windows, hidden0) -> (nll sum, tokens)``.
 
-  ``apply_fn(params, arch, tokens [T, B], hidden, mask [T]) -> (log_probs,
+  ``apply_fn(params, arch, tokens [T, B], hidden, mask [T]) -> (logits,
   hidden)`` runs the model in evaluation mode; the windows are scanned in
   order with the hidden state carried across them, as DARTS evaluates.
   """
@@ -100,9 +102,9 @@ def make_perplexity(apply_fn):
   def perplexity(params, arch, windows, hidden):
     def body(hidden, window):
       mask = window['mask'].T
-      log_probs, hidden = apply_fn(params, arch, window['input'].T, hidden,
-                                   mask[:, 0])
-      nll = token_nll(log_probs, window['target'].T)
+      logits, hidden = apply_fn(params, arch, window['input'].T, hidden,
+                                mask[:, 0])
+      nll = token_nll(logits, window['target'].T)
       return hidden, (jnp.sum(nll * mask), jnp.sum(mask))
     _, (sums, counts) = jax.lax.scan(body, hidden, windows)
     return jnp.sum(sums), jnp.sum(counts)

@@ -130,7 +130,8 @@ def make_model(config, ntoken: int, ops) -> rnn.RNNModel:
                              node_batch_norm=config.node_batch_norm),
       dropout=config.dropout, dropouth=config.dropouth,
       dropoutx=config.dropoutx, dropouti=config.dropouti,
-      dropoute=config.dropoute, unroll=config.unroll)
+      dropoute=config.dropoute, unroll=config.unroll,
+      remat=config.remat)
 
 
 def init_arch(rng: jax.Array, *, nodes: int, num_ops: int,
@@ -173,7 +174,7 @@ def create_state(config, model, ops, weight_opt, arch_opt_fn):
 
 
 def _forward(model, weights, arch, batch, *, train: bool):
-  """(log_probs [T, B, V], new hidden, raw outputs) of a batch-major window
+  """(logits [T, B, V], new hidden, raw outputs) of a batch-major window
   with its ``hidden`` and dropout ``key``."""
   return model.apply({'params': weights}, batch['input'].T, batch['hidden'],
                      batch['mask'][0], arch, train=train,
@@ -191,12 +192,12 @@ def make_search_step(config, model, weight_opt, arch_opt, steps_per_epoch,
   replicated = parallel.replicated(mesh)
 
   def nll(weights, arch, batch):
-    log_probs, _, _ = _forward(model, weights, arch, batch, train=True)
-    return lm.masked_mean_nll(log_probs, batch)
+    logits, _, _ = _forward(model, weights, arch, batch, train=True)
+    return lm.masked_mean_nll(logits, batch)
 
   def val_nll(weights, arch, batch):
-    log_probs, hidden, _ = _forward(model, weights, arch, batch, train=True)
-    return lm.masked_mean_nll(log_probs, batch), hidden
+    logits, hidden, _ = _forward(model, weights, arch, batch, train=True)
+    return lm.masked_mean_nll(logits, batch), hidden
 
   def grads(loss, has_aux):
     return lambda w, a, b: (lambda r: (r[0], *r[1]))(jax.value_and_grad(
@@ -213,9 +214,9 @@ def make_search_step(config, model, weight_opt, arch_opt, steps_per_epoch,
       val_arch_grads=arch_grads(val_nll, True))
 
   def weight_loss(weights, arch, batch):
-    log_probs, hidden, outputs = _forward(model, weights, arch, batch,
-                                          train=True)
-    loss = lm.masked_mean_nll(log_probs, batch)
+    logits, hidden, outputs = _forward(model, weights, arch, batch,
+                                       train=True)
+    loss = lm.masked_mean_nll(logits, batch)
     tar = lm.temporal_activation_penalty(outputs, batch, config.tar_beta)
     return loss + tar, (loss, hidden)
 

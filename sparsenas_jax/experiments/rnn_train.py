@@ -82,7 +82,8 @@ def make_model(config, genotype, ntoken: int) -> rnn.RNNModel:
                            weighting=config.weighting),
       dropout=config.dropout, dropouth=config.dropouth,
       dropoutx=config.dropoutx, dropouti=config.dropouti,
-      dropoute=config.dropoute, unroll=config.unroll)
+      dropoute=config.dropoute, unroll=config.unroll,
+      remat=config.remat)
 
 
 def make_train_step(config, model, optimizer, steps_per_epoch, mesh):
@@ -90,10 +91,10 @@ def make_train_step(config, model, optimizer, steps_per_epoch, mesh):
   replicated = parallel.replicated(mesh)
 
   def loss_fn(params, batch):
-    log_probs, hidden, outputs = model.apply(
+    logits, hidden, outputs = model.apply(
         {'params': params}, batch['input'].T, batch['hidden'],
         batch['mask'][0], train=True, rngs={'dropout': batch['key']})
-    loss = lm.masked_mean_nll(log_probs, batch)
+    loss = lm.masked_mean_nll(logits, batch)
     tar = lm.temporal_activation_penalty(outputs, batch, config.tar_beta)
     return loss + tar, (loss, hidden)
 
@@ -184,14 +185,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
           {'params': p}, tokens, hidden, mask, train=False)[:2])
 
   def weights_to_read(state):
-    return jax.tree.map(lambda a, p: jnp.where(state.averaging, a, p),
+    """The averaged weights once at least one step was averaged."""
+    averaged = state.count > 0
+    return jax.tree.map(lambda a, p: jnp.where(averaged, a, p),
                         state.averaged, state.params)
 
   def evaluate(state):
     out = lm.perplexity_of(perplexity, weights_to_read(state), None,
                            val_windows, config.nhid)
     return {'val_loss': out['loss'], 'val_perplexity': out['perplexity'],
-            'averaging': float(bool(state.averaging))}
+            'averaging': float(bool(state.count > 0))}
 
   def after_epoch(state, scalars):
     epoch = -(-int(state.step) // steps_per_epoch)

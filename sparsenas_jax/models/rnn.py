@@ -56,7 +56,7 @@ the Flax rng ``'dropout'``.
   cell = RNNSearchCell(nhid=850)
   model = RNNModel(ntoken=10000, nhid=850, cell=cell)
   variables = init_rnn_variables(model, seed=0)
-  log_probs, hidden, outputs = model.apply(
+  logits, hidden, outputs = model.apply(
       variables, tokens, hidden, mask, arch, train=True,
       rngs={'dropout': key})
 
@@ -437,6 +437,9 @@ class RNNModel(nn.Module):
     dropoute: probability of dropping a word's whole embedding row.
     unroll: time steps per iteration of the scan's loop (the same numbers;
       a larger one trades compile time for fewer loop iterations).
+    remat: recompute each time step's cell in the backward pass instead of
+      keeping its intermediates (the same numbers; derivatives then hold
+      one step's intermediates at a time, not T of them).
 
   References:
     Liu et al. 2019 (DARTS), ``RNNModel``; Merity et al. 2018.
@@ -450,6 +453,7 @@ class RNNModel(nn.Module):
   dropouti: float = 0.5
   dropoute: float = 0.1
   unroll: int = 1
+  remat: bool = False
 
   def __post_init__(self):
     if not isinstance(self.cell, (RNNSearchCell, RNNEvalCell)):
@@ -490,10 +494,12 @@ class RNNModel(nn.Module):
       train: apply dropout (the ``'dropout'`` rng is then needed).
 
     Returns:
-      ``(log_probs [T, B, ntoken], new_hidden [B, nhid], outputs [T, B,
-      nhid])``. ``outputs`` are the cell's h_t before output dropout (for
+      ``(logits [T, B, ntoken], new_hidden [B, nhid], outputs [T, B,
+      nhid])``: unnormalised next-word scores (a loss normalises them
+      itself, without keeping the log-probabilities, the step's largest
+      arrays). ``outputs`` are the cell's h_t before output dropout (for
       DARTS's temporal activation regularisation); at a padded step they
-      and the log-probs repeat the held state, to be masked by the caller.
+      and the logits repeat the held state, to be masked by the caller.
 
     Raises:
       ValueError: for a search cell without arch, or an eval cell with one.
@@ -514,7 +520,9 @@ class RNNModel(nn.Module):
     x = _masked(x, self._mask(train, self.dropouti, (b, d), dtype))
     x_mask = self._mask(train, self.dropoutx, (b, d), dtype)
     h_mask = self._mask(train, self.dropouth, (b, d), dtype)
-    scan = nn.scan(_cell_step, variable_broadcast='params',
+    body = nn.remat(_cell_step, prevent_cse=False) if self.remat else (
+        _cell_step)
+    scan = nn.scan(body, variable_broadcast='params',
                    split_rngs={'params': False},
                    in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
                    unroll=self.unroll)
@@ -522,7 +530,7 @@ class RNNModel(nn.Module):
                                (x, jnp.asarray(mask)), arch, x_mask, h_mask)
     out = _masked(outputs, self._mask(train, self.dropout, (b, d), dtype))
     logits = jnp.einsum('tbd,vd->tbv', out, embedding) + bias
-    return jax.nn.log_softmax(logits, axis=-1), new_hidden, outputs
+    return logits, new_hidden, outputs
 
 
 def init_rnn_variables(model: RNNModel, seed: int, *, arch=None

@@ -148,10 +148,11 @@ def run(job: Job, workdir: str, mesh: jax.sharding.Mesh
     step_fn = job.compile(state, batch, key)
     summary['compile_s'] = time.perf_counter() - t0
     epochs = -(-job.total_steps // job.steps_per_epoch)
-    resume = (f'it resumes from step {start_step}' if start_step
-              else 'it starts afresh: no checkpoint yet')
+    saved = [start_step]  # the latest checkpoint, for the divergence message
 
     def check(step, step_metrics):
+      resume = (f'it resumes from step {saved[0]}' if saved[0]
+                else 'it starts afresh: no checkpoint yet')
       divergence.check(jax.device_get(step_metrics[divergence.KEY]),
                        step=step + 1, hint=job.divergence_hint, resume=resume)
 
@@ -196,6 +197,7 @@ def run(job: Job, workdir: str, mesh: jax.sharding.Mesh
         state = jax.tree.map(lambda new, old: jax.device_put(new, old.sharding),
                              job.after_epoch(state, scalars), state)
       checkpointer.save(done, state)
+      saved[0] = done
       epoch_metrics = []
       summary.update(scalars)
     return state, summary
