@@ -94,7 +94,8 @@ class Genotype:
       concat = tuple(int(i) for i in getattr(self, f'{cell_type}_concat'))
       object.__setattr__(self, cell_type, nodes)
       object.__setattr__(self, f'{cell_type}_concat', concat)
-      _check_cell(cell_type, nodes, concat, self.ops)
+      check_cell_nodes(f'{cell_type} cell: ', nodes, concat, self.ops,
+                       inputs=2, input_name='input node')
 
   def cell(self, cell_type: str) -> tuple[tuple[Node, ...], tuple[int, ...]]:
     """Returns ``(nodes, concat)`` of ``'normal'`` or ``'reduce'``."""
@@ -221,42 +222,58 @@ def _is_real(x) -> bool:
   return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
-def _check_cell(cell_type, nodes, concat, ops):
-  """Raises ValueError (one line) unless a cell is a well-formed DAG."""
-  where = f'{cell_type} cell'
+def check_cell_nodes(where: str, nodes, concat, ops, *,
+                     inputs: int, input_name: str) -> None:
+  """Raises ValueError (one line) unless a cell is a well-formed DAG.
+
+  Shared by the CNN and the recurrent genotypes: states ``0 … inputs - 1``
+  are the cell's inputs, every node (with ``.index`` and ``.inputs``, a
+  sequence of ``(state, op, weight)``) is numbered after them in increasing
+  order and reads only earlier states, each (state, op) at most once, with a
+  known op and a finite weight; ``concat`` lists distinct nodes.
+
+  Args:
+    where: the message's prefix, e.g. ``'normal cell: '`` (may be empty).
+    nodes: the cell's nodes.
+    concat: the node numbers of the cell's output.
+    ops: the valid op names.
+    inputs: how many input states precede the nodes (2 for a CNN cell, 1 for
+      the recurrent cell's s₀).
+    input_name: what an input state is called in messages.
+  """
   if not nodes:
-    raise ValueError(f'{where}: has no nodes (a cell needs at least one).')
-  existing = [0, 1]
+    raise ValueError(f'{where}has no nodes (a cell needs at least one).')
+  existing = list(range(inputs))
   for node in nodes:
-    if node.index < 2 or node.index <= existing[-1]:
+    if node.index < inputs or node.index <= existing[-1]:
       raise ValueError(
-          f'{where}: node indices must be >= 2 and increasing; got node '
+          f'{where}node indices must be >= {inputs} and increasing; got node '
           f'{node.index} after {existing[-1]}.')
     if not node.inputs:
-      raise ValueError(f'{where}, node {node.index}: has no inputs.')
+      raise ValueError(f'{where}node {node.index}: has no inputs.')
     seen = set()
     for src, op, w in node.inputs:
       if src not in existing:
         raise ValueError(
-            f'{where}, node {node.index}: input node {src} does not exist '
-            f'(inputs must be one of {existing}).')
+            f'{where}node {node.index}: {input_name} {src} does not exist '
+            f'(it must be one of the earlier states {existing}).')
       if op not in ops:
         raise ValueError(
-            f'{where}, node {node.index}: op {op!r} is not one of the '
-            f'genotype\'s ops {list(ops)}.')
+            f'{where}node {node.index}: unknown op {op!r} (the genotype\'s '
+            f'ops: {", ".join(ops)}).')
       if not math.isfinite(w):
         raise ValueError(
-            f'{where}, node {node.index}: weight of ({src}, {op}) is {w}.')
+            f'{where}node {node.index}: weight of ({src}, {op}) is {w}.')
       if (src, op) in seen:
         raise ValueError(
-            f'{where}, node {node.index}: ({src}, {op}) appears twice.')
+            f'{where}node {node.index}: ({src}, {op}) appears twice.')
       seen.add((src, op))
     existing.append(node.index)
+  live = existing[inputs:]
   if not concat or len(set(concat)) != len(concat) or not set(concat) <= set(
-      existing[2:]):
-    raise ValueError(
-        f'{where}: concat {list(concat)} must list distinct nodes of the cell '
-        f'({existing[2:]}).')
+      live):
+    raise ValueError(f'{where}concat {list(concat)} must list distinct nodes '
+                     f'of the cell ({live}).')
 
 
 # -- Derivation --------------------------------------------------------------

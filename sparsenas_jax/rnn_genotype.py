@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -37,6 +36,7 @@ from typing import Any, Union
 
 import numpy as np
 
+from sparsenas_jax import genotype as genotype_lib
 from sparsenas_jax import search_space
 
 _NODE_KEY = re.compile(r'node_(\d+)\Z')
@@ -92,7 +92,8 @@ class RecurrentGenotype:
                   for n in self.nodes)
     object.__setattr__(self, 'nodes', nodes)
     object.__setattr__(self, 'concat', tuple(int(i) for i in self.concat))
-    _check_cell(nodes, self.concat, self.ops)
+    genotype_lib.check_cell_nodes('', nodes, self.concat, self.ops,
+                                  inputs=1, input_name='predecessor')
 
   def to_json(self) -> str:
     """Serialises the genotype; ``RecurrentGenotype.from_json`` reads it back.
@@ -192,43 +193,6 @@ def _is_int(x) -> bool:
 
 def _is_real(x) -> bool:
   return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
-def _check_cell(nodes, concat, ops):
-  """Raises ValueError (one line) unless the cell is a well-formed DAG."""
-  if not nodes:
-    raise ValueError('the recurrent cell has no nodes (it needs at least '
-                     'one).')
-  existing = [0]
-  for node in nodes:
-    if node.index <= existing[-1]:
-      raise ValueError(
-          f'node indices must be >= 1 and increasing; got node {node.index} '
-          f'after {existing[-1]}.')
-    if not node.inputs:
-      raise ValueError(f'node {node.index}: has no inputs.')
-    seen = set()
-    for pred, op, w in node.inputs:
-      if pred not in existing:
-        raise ValueError(
-            f'node {node.index}: predecessor {pred} does not exist (it must '
-            f'be one of the earlier states {existing}).')
-      if op not in ops:
-        raise ValueError(
-            f'node {node.index}: unknown op {op!r} (valid ops: '
-            f'{", ".join(ops)}).')
-      if not math.isfinite(w):
-        raise ValueError(
-            f'node {node.index}: weight of ({pred}, {op}) is {w}.')
-      if (pred, op) in seen:
-        raise ValueError(f'node {node.index}: ({pred}, {op}) appears twice.')
-      seen.add((pred, op))
-    existing.append(node.index)
-  if not concat or len(set(concat)) != len(concat) or not set(concat) <= set(
-      existing[1:]):
-    raise ValueError(
-        f'concat {list(concat)} must list distinct live nodes of the cell '
-        f'({existing[1:]}).')
 
 
 # -- Derivation --------------------------------------------------------------
