@@ -47,7 +47,6 @@ from sparsenas_jax.runtime import loop
 from sparsenas_jax.runtime import parallel
 from sparsenas_jax.search_space import DARTS_OPS
 
-ARCH_OPTIMIZERS = ('adam_hapg', 'hapg', 'adam')
 DATASETS = data.splits.DATASETS
 # 'split': separately compiled programs per step; 'fused': one program.
 STEP_COMPILATIONS = ('split', 'fused')
@@ -79,22 +78,10 @@ def parse_ops(ops: str) -> tuple[str, ...]:
 def validate(config) -> tuple[str, ...]:
   """Checks the config; returns the op names."""
   common.check_cnn_config(config, DATASETS)
-  if config.arch_optimizer not in ARCH_OPTIMIZERS:
-    raise ConfigError(f'config.arch_optimizer={config.arch_optimizer!r}; '
-                      f'valid: {ARCH_OPTIMIZERS}.')
-  if config.hypergradient not in bilevel.MODES:
-    raise ConfigError(f'config.hypergradient={config.hypergradient!r}; '
-                      f'valid: {bilevel.MODES}.')
-  if config.nodes < 1:
-    raise ConfigError(f'config.nodes={config.nodes}: use >= 1.')
+  common.check_search_config(config)
   if not 0 < config.train_portion < 1:
     raise ConfigError(f'config.train_portion={config.train_portion}: use '
                       '(0, 1); the rest of the training set validates A.')
-  if config.lambda_step < 0:
-    raise ConfigError(f'config.lambda_step={config.lambda_step} is negative; '
-                      'λ is ramped up by lambda_step >= 0 per epoch.')
-  if not 0 <= config.l1_ratio <= 1:
-    raise ConfigError(f'config.l1_ratio={config.l1_ratio}: use [0, 1].')
   if config.step_compilation not in STEP_COMPILATIONS:
     raise ConfigError(f'config.step_compilation={config.step_compilation!r}; '
                       f'valid: {STEP_COMPILATIONS}.')

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from sparsenas_jax import bilevel
 from sparsenas_jax import optim
 from sparsenas_jax.errors import ConfigError
 
@@ -42,6 +43,27 @@ def darts_sgd(learning_rate, *, grad_clip: float, weight_decay: float,
       optax.clip_by_global_norm(grad_clip),
       optax.add_decayed_weights(weight_decay),
       optax.sgd(learning_rate, momentum=momentum))
+
+
+ARCH_OPTIMIZERS = ('adam_hapg', 'hapg', 'adam')
+
+
+def check_search_config(config) -> None:
+  """The fields both searches have: the architecture optimizer, the
+  hypergradient, the cell's nodes and the SGL penalty."""
+  if config.arch_optimizer not in ARCH_OPTIMIZERS:
+    raise ConfigError(f'config.arch_optimizer={config.arch_optimizer!r}; '
+                      f'valid: {ARCH_OPTIMIZERS}.')
+  if config.hypergradient not in bilevel.MODES:
+    raise ConfigError(f'config.hypergradient={config.hypergradient!r}; '
+                      f'valid: {bilevel.MODES}.')
+  if config.nodes < 1:
+    raise ConfigError(f'config.nodes={config.nodes}: use >= 1.')
+  if config.lambda_step < 0:
+    raise ConfigError(f'config.lambda_step={config.lambda_step} is negative; '
+                      'λ is ramped up by lambda_step >= 0 per epoch.')
+  if not 0 <= config.l1_ratio <= 1:
+    raise ConfigError(f'config.l1_ratio={config.l1_ratio}: use [0, 1].')
 
 
 def lambda_schedule(config, steps_per_epoch: int):

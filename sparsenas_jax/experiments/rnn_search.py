@@ -54,7 +54,6 @@ from sparsenas_jax.runtime import divergence
 from sparsenas_jax.runtime import loop
 from sparsenas_jax.runtime import parallel
 
-ARCH_OPTIMIZERS = ('adam_hapg', 'hapg', 'adam')
 
 
 class RNNSearchState(NamedTuple):
@@ -84,19 +83,7 @@ def parse_ops(ops: str) -> tuple[str, ...]:
 def validate(config) -> tuple[str, ...]:
   """Checks the config; returns the op names."""
   lm.check_common(config)
-  if config.arch_optimizer not in ARCH_OPTIMIZERS:
-    raise ConfigError(f'config.arch_optimizer={config.arch_optimizer!r}; '
-                      f'valid: {ARCH_OPTIMIZERS}.')
-  if config.hypergradient not in bilevel.MODES:
-    raise ConfigError(f'config.hypergradient={config.hypergradient!r}; '
-                      f'valid: {bilevel.MODES}.')
-  if config.nodes < 1:
-    raise ConfigError(f'config.nodes={config.nodes}: use >= 1.')
-  if config.lambda_step < 0:
-    raise ConfigError(f'config.lambda_step={config.lambda_step} is negative; '
-                      'λ is ramped up by lambda_step >= 0 per epoch.')
-  if not 0 <= config.l1_ratio <= 1:
-    raise ConfigError(f'config.l1_ratio={config.l1_ratio}: use [0, 1].')
+  common.check_search_config(config)
   if config.max_seq_len_delta < 0:
     raise ConfigError('config.max_seq_len_delta must be >= 0.')
   return parse_ops(config.ops)
