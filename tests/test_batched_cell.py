@@ -10,7 +10,6 @@ normal and reduction cells.
 
 from concurrent import futures
 import functools
-import re
 
 import jax
 import jax.numpy as jnp
@@ -208,68 +207,6 @@ def _channels_first(x):  # [L, N, H, W, C] -> [L, C, N, H, W]
 
 def _channels_last(x):
   return jnp.transpose(x, (0, 2, 3, 4, 1))
-
-
-@pytest.mark.parametrize('size,stride,dilation,k', [(8, 1, 1, 3),
-                                                    (7, 2, 2, 5)])
-def test_depthwise_and_its_derivatives_match_lax_conv(size, stride, dilation,
-                                                      k):
-  rng = np.random.default_rng(size + 10 * k + 100 * stride + 1000 * dilation)
-  x = rng.normal(size=(2, 3, size, size, C)).astype(np.float32)
-  kernel = rng.normal(size=(2, k, k, C)).astype(np.float32)
-  dx, dk = rng.normal(size=x.shape), rng.normal(size=kernel.shape)
-  dx, dk = dx.astype(np.float32), dk.astype(np.float32)
-
-  def batched(x, kernel):  # in the cell's layout, [L, C, N, H, W]
-    y = batched_cell._depthwise(_channels_first(x), kernel, stride, dilation)
-    return _channels_last(y)
-
-  def lax_conv(x, kernel):
-    return jnp.stack([
-        ops_lib.depthwise_conv2d(x[e], kernel[e][:, :, None], stride=stride,
-                                 dilation=dilation) for e in range(2)])
-
-  def derivatives(f, x, kernel):
-    # Forward mode, reverse mode, reverse over forward (the exact
-    # hypergradient's mixed product) and reverse over reverse: _depthwise
-    # has its own JVP rule, the lax conv is differentiated by JAX.
-    out, tangent = jax.jvp(f, (x, kernel), (dx, dk))
-    cotangents = jax.vjp(f, x, kernel)[1](jnp.sin(out))
-    along = lambda x, kernel: jnp.sum(jnp.sin(
-        jax.jvp(f, (x, kernel), (dx, dk))[1]))
-    def back(x, kernel):
-      y, pullback = jax.vjp(f, x, kernel)
-      return jnp.sum(jnp.sin(pullback(jnp.cos(y))[0]))
-    return (out, tangent, cotangents,
-            jax.grad(along, argnums=(0, 1))(x, kernel),
-            jax.grad(back, argnums=(0, 1))(x, kernel))
-
-  got = _run(functools.partial(derivatives, batched), x, kernel)
-  want = _run(functools.partial(derivatives, lax_conv), x, kernel)
-  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
-    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5 * np.abs(w).max())
-
-
-def test_depthwise_cotangent_is_a_correlation_not_a_pad_per_tap():
-  # What _depthwise's JVP rule is for: differentiated as written, the
-  # input's cotangent would be a sum of K * K padded copies (XLA:CPU runs
-  # that loop 6x slower than the conv); with the rule it pads the cotangent
-  # once and slices it. (JAX writes a slice's transpose as a pad, and a
-  # pad's transpose as a negative pad, i.e. a slice: only pads that add
-  # pixels count.)
-  x = jnp.zeros((2, C, 3, 9, 9))
-  kernel = jnp.zeros((2, 5, 5, C))
-
-  def pads(depthwise):
-    vjp = lambda x, kernel, g: jax.vjp(
-        lambda x, kernel: depthwise(x, kernel, 1, 2), x, kernel)[1](g)
-    text = str(jax.make_jaxpr(vjp)(x, kernel, x)).replace('np.int64', '')
-    configs = re.findall(r'f32\[(?:\d+,){4}\d+\] = pad\[\s*'
-                         r'padding_config=(.*)', text)
-    return sum(max(map(int, re.findall(r'-?\d+', c))) > 0 for c in configs)
-
-  assert pads(batched_cell._depthwise) <= 3  # x, x again, the cotangent
-  assert pads(batched_cell._shifted_products) > 25  # the check can fail
 
 
 @pytest.mark.parametrize('size,stride', [(7, 1), (7, 2), (8, 2)])

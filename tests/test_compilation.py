@@ -68,6 +68,7 @@ def test_executable_store_loads_without_tracing(tmp_path):
   np.testing.assert_array_equal(lazy(x, y), compiled(x, y))
   assert again.loaded == 1 and len(traced) == 1  # not traced again
   assert lazy.flops == compilation.program_flops(compiled)
+  assert lazy.hlo_instructions == compilation.program_size(compiled) > 2
 
   # Another salt, name, shape or sharding is another program.
   keys = {first.key('f', (x, y)), first.key('g', (x, y)),

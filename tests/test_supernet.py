@@ -371,16 +371,6 @@ def test_too_few_layers_raises():
     models.SearchNetwork(C=C, num_classes=3, layers=2)
 
 
-def test_unknown_conv_derivatives_raises():
-  with pytest.raises(ValueError,
-                     match="conv_derivatives must be one of 'reverse', "
-                           "'forward'; got 'both'"):
-    models.SearchNetwork(C=C, num_classes=3, layers=3,
-                         conv_derivatives='both')
-  with pytest.raises(ValueError, match="conv_derivatives must be one of"):
-    batched_cell.depthwise_conv('both')  # what BatchedSearchCell calls
-
-
 def test_wrong_arch_shape_raises():
   net = models.SearchNetwork(C=C, num_classes=3, layers=3, nodes=2)
   x = jax.ShapeDtypeStruct((2, 8, 8, 3), jnp.float32)

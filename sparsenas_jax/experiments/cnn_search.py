@@ -185,14 +185,14 @@ def make_search_step(config, model, weight_opt, arch_opt, total_steps,
   With ``split=False`` the step is meant to be jitted whole, as one XLA
   program. With ``split=True`` it is plain Python calling separately
   compiled programs (``compilation.LazyCompiled``, compiled on the first
-  step, and only those the hypergradient mode calls): the loss gradients
-  (``grads``: ∇_w and ∇_A), the architecture gradient alone
-  (``arch_grads``: the first-order architecture step and the two
-  finite-difference points), the mixed second derivative of the exact mode,
-  and small programs for augmentation and the two optimizer updates. The
-  arithmetic is the same; separately compiled pieces compile faster on
-  XLA:CPU and peak at the memory of the largest piece. ``step.pieces``
-  holds the programs (their ``compile_s``); with a
+  step, and only those the hypergradient mode calls): the
+  loss gradients (``grads``: ∇_w and ∇_A; also the architecture gradients
+  of the first-order step and of the finite-difference points, so that
+  those modes compile one large program), the mixed second derivative of
+  the exact mode, and small programs for augmentation and the two
+  optimizer updates. The arithmetic is the same; separately compiled
+  pieces compile faster on XLA:CPU and peak at the memory of the largest
+  piece. ``step.pieces`` holds the programs (their ``compile_s``); with a
   ``compilation.ExecutableStore`` as ``store`` they are loaded from there
   when it has them.
   """
@@ -214,11 +214,6 @@ def make_search_step(config, model, weight_opt, arch_opt, total_steps,
         has_aux=True)(weights, arch, batch)
     return loss, jnp.mean(jnp.argmax(logits, -1) == batch['label']), g_w, g_a
 
-  def arch_grads(weights, arch, batch):
-    """(loss, ∇_A loss): no weight gradients (first order, FD points)."""
-    return jax.value_and_grad(
-        lambda a: _loss_and_logits(model, weights, a, batch)[0])(arch)
-
   def arch_update(arch_grad, arch_opt_state, arch):
     updates, arch_opt_state = arch_opt.update(arch_grad, arch_opt_state, arch)
     return optax.apply_updates(arch, updates), arch_opt_state
@@ -237,13 +232,10 @@ def make_search_step(config, model, weight_opt, arch_opt, total_steps,
     return SearchState(state.step + 1, weights, arch, weight_opt_state,
                        arch_opt_state), metrics
 
-  # The mixed derivative is reverse over forward: convs written for it.
-  forward_model = model.clone(conv_derivatives='forward')
-  train_loss = lambda w, a, batch: _loss_and_logits(forward_model, w, a,
-                                                    batch)[0]
+  train_loss = lambda w, a, batch: _loss_and_logits(model, w, a, batch)[0]
   mixed_product = bilevel.autodiff_derivatives(
       train_loss, train_loss).mixed_product
-  pieces = {'augment': augment, 'grads': grads, 'arch_grads': arch_grads,
+  pieces = {'augment': augment, 'grads': grads,
             'mixed_product': mixed_product, 'arch_update': arch_update,
             'weight_update': weight_update}
   if split:
@@ -252,10 +244,12 @@ def make_search_step(config, model, weight_opt, arch_opt, total_steps,
               for name, fn in pieces.items()}
   loss_grads = lambda w, a, batch: (lambda r: (r[0], r[2], r[3]))(
       pieces['grads'](w, a, batch))
+  # The architecture gradients of the first-order step and of the finite
+  # differences come from the gradient program too (weight gradients
+  # unused): a program fewer to compile, for a slower architecture step
+  # (docs/performance.md).
   derivatives = bilevel.Derivatives(
-      loss_grads, loss_grads, pieces['mixed_product'],
-      train_arch_grads=pieces['arch_grads'],
-      val_arch_grads=pieces['arch_grads'])
+      loss_grads, loss_grads, pieces['mixed_product'])
 
   def step(state: SearchState, batch, key):
     train_batch, val_batch = pieces['augment'](key, batch)

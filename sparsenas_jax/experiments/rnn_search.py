@@ -143,7 +143,7 @@ def make_weight_optimizer(config) -> optax.GradientTransformation:
   """DARTS's recurrent weight step without its learning rate: clip the
   global norm, add L2 weight decay (the step scales by −η itself, η varying
   with the window's length)."""
-  return optax.chain(optax.clip_by_global_norm(config.grad_clip),
+  return optax.chain(common.clip_by_global_norm(config.grad_clip),
                      optax.add_decayed_weights(config.weight_decay))
 
 

@@ -25,9 +25,9 @@ column reductions that ``[edges, N, H, W, C]`` would need:
   with each edge's weight. The pools are separable: a 3-wide max (or sum)
   over rows, then over columns, of shifted slices.
 * Each conv op runs once over all the stage's edges. The depthwise
-  convolutions are sums of shifted, scaled copies of the input (one fused
-  loop, with per-edge kernels; ``_depthwise``, whose JVP rule makes the
-  input's cotangent such a loop too), the 1x1 pointwise
+  convolutions are ``depthwise.conv`` with per-edge kernels (sums of
+  shifted, scaled copies of the input, one fused loop, whose derivatives of
+  every order are such loops and one reduction per conv), the 1x1 pointwise
   convolutions are one matmul batched over (op, edge), batch norm keeps its
   statistics per (op, edge, channel) as in the reference.
 * The batch norms of one stage that do not depend on each other (the pools,
@@ -55,17 +55,17 @@ Parameter layouts (``BatchedSearchCell.stacked_params``):
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-import functools
 from typing import Any, Optional
 
 import flax.linen as nn
 import jax
-from jax.custom_derivatives import SymbolicZero
 import jax.numpy as jnp
 from jax import lax
 import numpy as np
 
 from sparsenas_jax import search_space
+from sparsenas_jax.models import depthwise
+from sparsenas_jax.models.depthwise import out_size
 from sparsenas_jax.models.ops import BN_EPS
 from sparsenas_jax.models.ops import conv_init
 from sparsenas_jax.models.ops import window_counts
@@ -295,10 +295,6 @@ def pack_stage_params(stacked: Mapping[str, Any], *, ops: Sequence[str],
 # ----------------------------------------------------------------------------
 
 
-def _out_size(size: int, stride: int) -> int:
-  return (size - 1) // stride + 1
-
-
 def _batch_norm(x: jax.Array) -> jax.Array:
   """``ops.batch_norm`` of each ``x[l]``: statistics over N, H, W per (l, c).
 
@@ -322,155 +318,6 @@ def _batch_norms(arrays: Sequence[jax.Array]) -> list[jax.Array]:
   return jnp.split(out, np.cumsum([a.shape[0] for a in arrays])[:-1])
 
 
-def _correlate(xp: jax.Array, kernel: jax.Array, stride: int, dilation: int,
-               out_hw: tuple[int, int]) -> jax.Array:
-  """``out[l, c, n, i, j] = Σ_{a,b} kernel[l, a, b, c] xp[l, c, n, s i + d a,
-  s j + d b]``: a sum of K * K shifted, scaled slices of the (already padded)
-  input, elementwise ops only, which XLA fuses into one loop.
-
-  Args:
-    xp: ``[L, C, N, H_p, W_p]``, large enough for every tap.
-    kernel: ``[L, K, K, C]``.
-    stride: s.
-    dilation: d.
-    out_hw: the output's spatial shape.
-
-  Returns:
-    ``[L, C, N, *out_hw]``.
-  """
-  k = kernel.shape[1]
-  l, c, n = xp.shape[:3]
-  ho, wo = out_hw
-  # [K * K, L, C]: one slice per tap below (lax, not jnp: faster to trace).
-  taps = jnp.transpose(kernel.astype(xp.dtype), (1, 2, 0, 3)).reshape(
-      k * k, l, c)
-  out = None
-  for a in range(k):
-    for b in range(k):
-      start = (0, 0, 0, a * dilation, b * dilation)
-      limit = (l, c, n, start[3] + (ho - 1) * stride + 1,
-               start[4] + (wo - 1) * stride + 1)
-      shifted = lax.slice(xp, start, limit, (1, 1, 1, stride, stride))
-      scale = lax.broadcast_in_dim(
-          lax.index_in_dim(taps, a * k + b, keepdims=False), shifted.shape,
-          (0, 1))
-      term = lax.mul(shifted, scale)
-      out = term if out is None else lax.add(out, term)
-  return out
-
-
-def _shifted_products(x: jax.Array, kernel: jax.Array, stride: int,
-                      dilation: int) -> jax.Array:
-  """Depthwise convs as sums of K * K shifted, scaled copies of the input.
-
-  Computes ``ops.depthwise_conv2d`` of ``x[l]`` with ``kernel[l]`` for every
-  l (same padding, same output) with elementwise ops only (``_correlate``),
-  which XLA fuses into one loop; XLA:CPU runs ``lax.conv_general_dilated``
-  with ``feature_group_count`` far slower.
-
-  Args:
-    x: ``[L, C, N, H, W]``.
-    kernel: ``[L, K, K, C]``, K odd.
-    stride: spatial stride.
-    dilation: kernel dilation.
-
-  Returns:
-    ``[L, C, N, ceil(H/stride), ceil(W/stride)]``.
-  """
-  pad = dilation * (kernel.shape[1] - 1) // 2
-  h, w = x.shape[-2:]
-  xp = jnp.pad(x, ((0, 0),) * 3 + ((pad, pad), (pad, pad)))
-  return _correlate(xp, kernel, stride, dilation,
-                    (_out_size(h, stride), _out_size(w, stride)))
-
-
-def _shifted_products_transpose(g: jax.Array, kernel: jax.Array, stride: int,
-                                dilation: int, in_hw: tuple[int, int]
-                                ) -> jax.Array:
-  """The transpose of ``x ↦ _shifted_products(x, kernel, stride, dilation)``.
-
-  The correlation of the cotangent (dilated by the stride, padded) with the
-  flipped kernel: shifted slices again, one fused loop.
-
-  Args:
-    g: ``[L, C, N, H', W']``, a cotangent of the output.
-    kernel: ``[L, K, K, C]``.
-    stride: spatial stride.
-    dilation: kernel dilation.
-    in_hw: (H, W) of the input.
-
-  Returns:
-    ``[L, C, N, *in_hw]``.
-  """
-  pad = dilation * (kernel.shape[1] - 1) // 2
-  config = [(0, 0, 0)] * 3 + [
-      (pad, size + pad - (out - 1) * stride - 1, stride - 1)
-      for size, out in zip(in_hw, g.shape[-2:])]
-  gz = lax.pad(g, np.array(0, g.dtype), config)
-  return _correlate(gz, kernel[:, ::-1, ::-1], 1, dilation, in_hw)
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
-def _depthwise(x: jax.Array, kernel: jax.Array, stride: int, dilation: int
-               ) -> jax.Array:
-  """The depthwise convs of a stage: ``_shifted_products``, derivatives
-  written for reverse mode.
-
-  Differentiated as written, the input's cotangent would be a sum of K * K
-  padded copies (the transpose of a slice is a pad), a fused loop that
-  tests every tap's bounds at every pixel, several times slower than the
-  forward conv. The JVP rule (``_depthwise_jvp``) writes the input's
-  tangent map as the transpose of ``_shifted_products_transpose``, so that
-  reverse mode, transposing it, runs the correlation of the cotangent with
-  the flipped kernel instead. Derivatives of every order and mode work, but
-  forward mode evaluates that sum of padded copies: JVPs are faster
-  through ``_shifted_products`` (``DEPTHWISE``). The kernel's derivative is
-  the one JAX derives (one reduction per tap): one product with gathered
-  taps instead would keep a K²-times larger residual per conv alive for the
-  backward pass.
-  """
-  return _shifted_products(x, kernel, stride, dilation)
-
-
-@functools.partial(_depthwise.defjvp, symbolic_zeros=True)
-def _depthwise_jvp(stride, dilation, primals, tangents):
-  x, kernel = primals
-  x_dot, kernel_dot = tangents
-  y = _depthwise(x, kernel, stride, dilation)
-  terms = []
-  if not isinstance(x_dot, SymbolicZero):
-    # x_dot ↦ conv(x_dot, kernel), as the transpose of its transpose: its
-    # evaluation pads (slow, forward mode only), its transpose slices.
-    transpose = jax.linear_transpose(
-        lambda g: _shifted_products_transpose(g, kernel, stride, dilation,
-                                              x.shape[-2:]),
-        jax.ShapeDtypeStruct(y.shape, y.dtype))
-    terms.append(transpose(x_dot)[0])
-  if not isinstance(kernel_dot, SymbolicZero):
-    # Linear in the kernel: the conv itself, whose derivatives in x (second
-    # order) then come from this rule too.
-    terms.append(_depthwise(x, kernel_dot, stride, dilation))
-  return y, sum(terms[1:], terms[0])
-
-
-# The depthwise convs by the mode of differentiation they are written for,
-# the same function: 'reverse' (every gradient) transposes into a
-# correlation but evaluates its JVP slowly (pads); 'forward', JAX's
-# derivatives of the shifted products, the opposite. Gradients are faster
-# with 'reverse'; the exact hypergradient's mixed second derivative, reverse
-# over forward, is faster with 'forward' (docs/performance.md).
-DEPTHWISE = {'reverse': _depthwise, 'forward': _shifted_products}
-
-
-def depthwise_conv(conv_derivatives: str):
-  """``DEPTHWISE[conv_derivatives]``; a one-line error naming the choices."""
-  if conv_derivatives not in DEPTHWISE:
-    raise ValueError(f'conv_derivatives must be one of '
-                     f'{", ".join(map(repr, DEPTHWISE))}; '
-                     f'got {conv_derivatives!r}.')
-  return DEPTHWISE[conv_derivatives]
-
-
 def _pointwise(y: jax.Array, kernels: jax.Array) -> jax.Array:
   """1x1 convs: every pixel of ``y[l]`` times ``kernels[l]``.
 
@@ -488,7 +335,7 @@ def _pointwise(y: jax.Array, kernels: jax.Array) -> jax.Array:
 
 
 def _conv_block(x: jax.Array, members: Sequence[str], packed, *,
-                shared_input: bool, stride: int, depthwise) -> jax.Array:
+                shared_input: bool, stride: int) -> jax.Array:
   """ReLU, depthwise, pointwise of several conv ops, before batch norm.
 
   Args:
@@ -498,7 +345,6 @@ def _conv_block(x: jax.Array, members: Sequence[str], packed, *,
     packed: ``{'depthwise': ..., 'pointwise': ...}`` of ``_pack_block``.
     shared_input: whether every op reads the same ``x``.
     stride: stride of the depthwise convs.
-    depthwise: ``DEPTHWISE[conv_derivatives]``.
 
   Returns:
     ``[M * E, C, N, H', W']``, ordered (op, edge).
@@ -506,8 +352,8 @@ def _conv_block(x: jax.Array, members: Sequence[str], packed, *,
   x = nn.relu(x)
   e = x.shape[0] if shared_input else x.shape[0] // len(members)
   y = jnp.concatenate([
-      depthwise(x if shared_input else x[m * e:(m + 1) * e], kernel, stride,
-                search_space.CONV_OPS[op].dilation)
+      depthwise.conv(x if shared_input else x[m * e:(m + 1) * e], kernel,
+                     stride, search_space.CONV_OPS[op].dilation)
       for m, (op, kernel) in enumerate(zip(members, packed['depthwise']))])
   return _pointwise(y, packed['pointwise'])
 
@@ -530,7 +376,7 @@ def _even_odd(x: jax.Array) -> jax.Array:
 
 def _pool_1d(x: jax.Array, axis: int, stride: int, reduce, fill) -> jax.Array:
   """A 3-wide window of ``reduce`` along ``axis``, padding 1 with ``fill``."""
-  out = _out_size(x.shape[axis], stride)
+  out = out_size(x.shape[axis], stride)
   pads = [(0, 0)] * x.ndim
   pads[axis] = (1, 1)
   xp = jnp.pad(x, pads, constant_values=fill)
@@ -604,8 +450,7 @@ def preprocess(s0: jax.Array, s1: jax.Array, p0, p1, *,
 
 
 def stage(x: jax.Array, weights: jax.Array, packed, *, stride: int,
-          ops: Sequence[str], conv_derivatives: str = 'reverse'
-          ) -> jax.Array:
+          ops: Sequence[str]) -> jax.Array:
   """All edges leaving S sources, summed per target node.
 
   Args:
@@ -615,8 +460,6 @@ def stage(x: jax.Array, weights: jax.Array, packed, *, stride: int,
     packed: the edges' params, ``pack_stage_params``.
     stride: 1, or 2 from a reduction cell's inputs.
     ops: op names.
-    conv_derivatives: the mode of differentiation the depthwise convs are
-      written for, a key of ``DEPTHWISE``.
 
   Returns:
     ``[T, C, N, H', W']``: target t gets ``Σ_s Σ_o weights[s, t, o]
@@ -627,9 +470,8 @@ def stage(x: jax.Array, weights: jax.Array, packed, *, stride: int,
   """
   s_count, t_count = weights.shape[:2]
   _, c, n, h, w = x.shape
-  ho, wo = _out_size(h, stride), _out_size(w, stride)
+  ho, wo = out_size(h, stride), out_size(w, stride)
   weights = weights.astype(x.dtype)
-  depthwise = depthwise_conv(conv_derivatives)
   op_index = {op: o for o, op in enumerate(ops)}
 
   pools = [op for op in ops if op in ('max_pool_3x3', 'avg_pool_3x3')]
@@ -645,7 +487,7 @@ def stage(x: jax.Array, weights: jax.Array, packed, *, stride: int,
     per_edge_x = jnp.broadcast_to(x[:, None], (s_count, t_count) + x.shape[1:])
     pre_bn.append(_conv_block(per_edge_x.reshape((-1,) + x.shape[1:]),
                               members, packed['block_0'], shared_input=True,
-                              stride=stride, depthwise=depthwise))
+                              stride=stride))
   normed = _batch_norms(pre_bn)
 
   def mix(y, names, num_targets):  # -> [T, C, N H' W']
@@ -673,8 +515,7 @@ def stage(x: jax.Array, weights: jax.Array, packed, *, stride: int,
     if sep:
       block_1 = _batch_norm(_conv_block(block_0[:split], sep,
                                         packed['block_1'],
-                                        shared_input=False, stride=1,
-                                        depthwise=depthwise))
+                                        shared_input=False, stride=1))
       terms.append(mix(block_1, sep, t_count))
     if len(members) > len(sep):
       terms.append(mix(block_0[split:], members[len(sep):], t_count))
@@ -683,8 +524,7 @@ def stage(x: jax.Array, weights: jax.Array, packed, *, stride: int,
 
 def cell_nodes(x: jax.Array, weights: Mapping[str, jax.Array],
                stage_params: Sequence[Mapping[str, Any]], *, reduction: bool,
-               nodes: int, ops: Sequence[str],
-               conv_derivatives: str = 'reverse') -> jax.Array:
+               nodes: int, ops: Sequence[str]) -> jax.Array:
   """The intermediate nodes of a search cell, computed stage by stage.
 
   Args:
@@ -695,7 +535,6 @@ def cell_nodes(x: jax.Array, weights: Mapping[str, jax.Array],
     reduction: whether the edges from the inputs have stride 2.
     nodes: intermediate nodes.
     ops: op names.
-    conv_derivatives: as in ``stage``.
 
   Returns:
     ``[N, H', W', nodes * C]``, the nodes concatenated, as ``SearchCell``.
@@ -713,7 +552,7 @@ def cell_nodes(x: jax.Array, weights: Mapping[str, jax.Array],
     packed = pack_stage_params(params, ops=ops, stride=stride,
                                num_sources=len(edges))
     out = stage(x if k == 0 else outputs[-1][None], rows, packed,
-                stride=stride, ops=ops, conv_derivatives=conv_derivatives)
+                stride=stride, ops=ops)
     partial = out if partial is None else partial + out
     outputs.append(partial[0])
     partial = partial[1:]

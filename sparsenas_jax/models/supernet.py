@@ -287,9 +287,6 @@ class BatchedSearchCell(nn.Module):
     nodes: intermediate nodes.
     ops: op names.
     stacked_params: the per-stage parameter layout instead of per-edge.
-    conv_derivatives: the mode of differentiation the depthwise convs are
-      written for (``batched_cell.DEPTHWISE``), ``'reverse'`` or
-      ``'forward'``; the same function.
   """
   channels: int
   reduction: bool = False
@@ -297,7 +294,6 @@ class BatchedSearchCell(nn.Module):
   nodes: int = 4
   ops: Sequence[str] = search_space.DARTS_OPS
   stacked_params: bool = False
-  conv_derivatives: str = 'reverse'
 
   @nn.compact
   def __call__(self, s0, s1, weights):
@@ -324,8 +320,7 @@ class BatchedSearchCell(nn.Module):
             for row in edges for i, j in row]))
     return batched_cell.cell_nodes(x, weights, stage_params,
                                    reduction=self.reduction, nodes=self.nodes,
-                                   ops=self.ops,
-                                   conv_derivatives=self.conv_derivatives)
+                                   ops=self.ops)
 
 
 class SearchNetwork(nn.Module):
@@ -360,11 +355,6 @@ class SearchNetwork(nn.Module):
     remat: rematerialise each cell in the backward pass (``nn.remat``):
       only the cells' inputs are kept from the forward pass, for about one
       more forward pass of compute. The same values.
-    conv_derivatives: with ``'batched'`` and ``'stacked'`` cells, the mode
-      of differentiation their depthwise convs are written for:
-      ``'reverse'`` (gradients; the default) or ``'forward'`` (JVPs, e.g.
-      the exact hypergradient's reverse-over-forward mixed derivative,
-      which runs faster with it). The same function and params.
 
   References:
     Wu et al. 2021, Eq. 1 and "Sparse Supernet"; Liu et al. 2019 (DARTS).
@@ -377,7 +367,6 @@ class SearchNetwork(nn.Module):
   stem_multiplier: int = 3
   cell_impl: str = 'batched'
   remat: bool = False
-  conv_derivatives: str = 'reverse'
 
   def __post_init__(self):
     if self.layers < 3:
@@ -393,7 +382,6 @@ class SearchNetwork(nn.Module):
     if self.cell_impl not in CELL_IMPLS:
       raise ValueError(f'cell_impl must be one of {", ".join(CELL_IMPLS)}; '
                        f'got {self.cell_impl!r}.')
-    batched_cell.depthwise_conv(self.conv_derivatives)  # fails if unknown
     super().__post_init__()
 
   def reduction_layers(self) -> tuple[int, int]:
@@ -433,7 +421,7 @@ class SearchNetwork(nn.Module):
         cell_class = (nn.remat(BatchedSearchCell) if self.remat
                       else BatchedSearchCell)
         cell = cell_class(c, reduction, reduction_prev, self.nodes, self.ops,
-                          self.cell_impl == 'stacked', self.conv_derivatives,
+                          self.cell_impl == 'stacked',
                           name=f'cell_{layer}')
       cell_type = search_space.CELL_TYPES[int(reduction)]
       s0, s1 = s1, cell(s0, s1, arch[cell_type])

@@ -339,6 +339,11 @@ class LazyCompiled:
     self.calls = 0
 
   @property
+  def hlo_instructions(self) -> Optional[int]:
+    """``program_size`` of the program; None before the first call."""
+    return None if self._compiled is None else program_size(self._compiled)
+
+  @property
   def flops(self) -> Optional[float]:
     """XLA's count of floating-point operations per call; None before the
     first call."""
@@ -351,6 +356,16 @@ class LazyCompiled:
           donate=self._donate, store=self._store, name=self._name)
     self.calls += 1
     return self._compiled(*args)
+
+
+def program_size(compiled) -> Optional[int]:
+  """Instructions in a compiled program's optimised HLO (fused computations
+  included), or None where the executable has no HLO text."""
+  try:
+    text = compiled.as_text()
+  except Exception:  # pylint: disable=broad-except
+    return None
+  return sum(1 for line in text.splitlines() if ' = ' in line) if text else None
 
 
 def program_flops(compiled) -> Optional[float]:
