@@ -32,6 +32,19 @@ _OP_COLORS = {
     'dil_conv_5x5': '#9467bd',
 }
 _EXTRA_COLORS = ('#8c564b', '#e377c2', '#bcbd22', '#393b79', '#637939')
+_SHORT = {'max_pool_3x3': 'max', 'avg_pool_3x3': 'avg', 'skip_connect': 'skip',
+          'sep_conv_3x3': 'sep3', 'sep_conv_5x5': 'sep5',
+          'dil_conv_3x3': 'dil3', 'dil_conv_5x5': 'dil5'}
+
+
+def _edge_label(edges, show_weights, per_line=3):
+  """An edge's ops, short names, ``per_line`` to a line (with weights, one
+  per line)."""
+  names = [(f'{_SHORT.get(op, op)} {w:.2g}' if show_weights
+            else _SHORT.get(op, op)) for op, w in edges]
+  per_line = 1 if show_weights else per_line
+  return '\n'.join(' '.join(names[i:i + per_line])
+                   for i in range(0, len(names), per_line))
 _MARGIN = 1.3  # data units around a cell's nodes
 
 
@@ -131,8 +144,8 @@ def _draw_cell(ax, title, nodes, concat, ops, show_weights):
           math.hypot((q[0] - r[0]) / 3, q[1] - r[1]) for r in placed) + 1e-3 * (
               q == spots[0]))
       placed.append(best)
-      ax.text(*best, label, ha='center', va='center', fontsize=8,
-              color=color, zorder=5,
+      ax.text(*best, label, ha='center', va='center', fontsize=7,
+              color=color, zorder=5, linespacing=1.1,
               bbox=dict(boxstyle='round,pad=0.15', fc='white', ec='none',
                         alpha=0.85))
 
@@ -141,14 +154,11 @@ def _draw_cell(ax, title, nodes, concat, ops, show_weights):
     for src, op, w in node.inputs:
       by_src.setdefault(src, []).append((op, w))
     for src, edges in by_src.items():
-      (x0, y0), (x1, y1) = pos[src], pos[node.index]
-      dist = math.hypot(x1 - x0, y1 - y0)
-      for j, (op, w) in enumerate(edges):
-        # Several ops on one edge fan out as arcs of distinct curvature,
-        # 0.5 units apart at their middles whatever the edge's length.
-        rad = 2 * 0.5 * (j - (len(edges) - 1) / 2) / dist
-        label = f'{op} ({w:.3g})' if show_weights else op
-        arrow(src, node.index, rad, colors[op], label)
+      # One arrow per kept edge, listing its ops (the heat map beside the
+      # cell has their weights); coloured by the op when it keeps one.
+      color = colors[edges[0][0]] if len(edges) == 1 else '#444444'
+      arrow(src, node.index, 0.12, color,
+            _edge_label(edges, show_weights))
   for index in concat:
     arrow(index, 'out', 0.0, '#888888', None, style='--')
 
@@ -164,39 +174,94 @@ def _draw_cell(ax, title, nodes, concat, ops, show_weights):
   return (max(xs) - min(xs) + 2 * margin, max(ys) - min(ys) + 2 * margin)
 
 
+def _draw_weights(fig, ax, rows, ops, title):
+  """Heat map of kept weights: a row per edge, a column per op.
+
+  Args:
+    fig: the figure (for the colour bar).
+    ax: the axes to draw on.
+    rows: ``[(label, {op: weight})]``, one per edge; ops not kept blank.
+    ops: the column order.
+    title: the panel's title.
+  """
+  col = {op: c for c, op in enumerate(ops)}
+  weights = np.full((max(len(rows), 1), len(ops)), np.nan)
+  for r, (_, kept) in enumerate(rows):
+    for op, w in kept.items():
+      weights[r, col[op]] = w
+  finite = weights[np.isfinite(weights)]
+  vmax = float(np.max(np.abs(finite))) if finite.size else 1.0
+  vmax = vmax or 1.0
+  cmap = colormaps['RdBu_r'].with_extremes(bad='#eeeeee')
+  image = ax.imshow(np.ma.masked_invalid(weights), cmap=cmap, vmin=-vmax,
+                    vmax=vmax, aspect='auto', interpolation='nearest')
+  for (r, c), w in np.ndenumerate(weights):
+    if np.isfinite(w):
+      ax.text(c, r, f'{w:.2g}', ha='center', va='center', fontsize=7,
+              color='white' if abs(w) > 0.6 * vmax else 'black')
+  ax.set_xticks(range(len(ops)), [_SHORT.get(op, op) for op in ops],
+                rotation=45, ha='right', fontsize=8)
+  ax.set_yticks(range(len(rows)), [label for label, _ in rows], fontsize=8)
+  ax.set_title(title, fontsize=11)
+  fig.colorbar(image, ax=ax, shrink=0.8)
+
+
+def _cell_edges(nodes):
+  """``[(label, {op: weight})]`` per kept edge of a cell, by target."""
+  names = {0: '$c_{k-2}$', 1: '$c_{k-1}$'}
+  rows = []
+  for node in nodes:
+    kept = {}
+    for src, op, w in node.inputs:
+      kept.setdefault(src, {})[op] = w
+    for src in sorted(kept):
+      rows.append((f'{names.get(src, src)} $\\to$ {node.index}', kept[src]))
+  return rows
+
+
 def plot_genotype(genotype: genotype_lib.Genotype,
                   path: genotype_lib.PathLike, *,
                   show_weights: bool = False, dpi: int = 150) -> None:
-  """Draws the normal and reduction cells side by side into a PNG.
+  """Draws both cells, each beside a heat map of its weights, into a PNG.
 
   In the style of DARTS's graphviz pictures: cell inputs c_{k-2} and c_{k-1}
   on the left, intermediate nodes (numbered as in the genotype) by depth,
-  output c_{k} on the right; one arrow per kept (input, op) labelled with the
-  op, arcs of distinct curvature where one edge keeps several ops, and grey
-  arrows from the concatenated nodes into c_{k}. Uses matplotlib's Agg
-  canvas directly, so the global backend is left alone.
+  output c_{k} on the right; one arrow per kept edge, listing its ops
+  (short names: sep3 = sep_conv_3x3, ...) and coloured by the op where it
+  keeps one (dark grey where it keeps several), grey arrows from the
+  concatenated nodes into c_{k}. Beside each cell, its kept weights: a row
+  per edge, a column per op, blank where an op was removed. Normal cell
+  above, reduction cell below. Uses matplotlib's Agg canvas directly, so
+  the global backend is left alone.
 
   Args:
     genotype: the architecture to draw.
     path: the PNG file to write (parent folders are created).
-    show_weights: also print each op's architecture weight.
+    show_weights: also print each op's weight on its arrow.
     dpi: resolution.
   """
-  fig = figure.Figure()
+  fig = figure.Figure(layout='constrained')
   backend_agg.FigureCanvasAgg(fig)
-  # Panels as wide as their cells, so both are drawn at the same scale.
-  widths = [_layout(genotype.cell(t)[0])['out'][0] * 2 + 2 * _MARGIN
-            for t in search_space.CELL_TYPES]
-  axes = fig.subplots(1, 2, gridspec_kw={'width_ratios': widths})
-  sizes = [
-      _draw_cell(ax, f'{cell_type} cell', *genotype.cell(cell_type),
-                 genotype.ops, show_weights)
-      for ax, cell_type in zip(axes, search_space.CELL_TYPES)]
-  scale = 0.75  # inches per data unit
-  fig.set_size_inches(scale * sum(w for w, _ in sizes),
-                      scale * max(h for _, h in sizes) + 0.5)
-  fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.92,
-                      wspace=0.05)
+  scale = 0.75  # inches per data unit of a cell
+  weights_width = 2.2 + 0.5 * len(genotype.ops)
+  # Both cells at one scale: the panels as wide as the wider cell.
+  cell_width = max(_layout(genotype.cell(t)[0])['out'][0] * 2 + 2 * _MARGIN
+                   for t in search_space.CELL_TYPES)
+  heights = []
+  for cell_type in search_space.CELL_TYPES:
+    nodes, _ = genotype.cell(cell_type)
+    heights.append(max(0.55 * scale * cell_width,
+                       0.28 * len(_cell_edges(nodes)) + 1.6))
+  axes = fig.subplots(2, 2, gridspec_kw={
+      'width_ratios': [scale * cell_width, weights_width],
+      'height_ratios': heights})
+  for row, cell_type in zip(axes, search_space.CELL_TYPES):
+    nodes, concat = genotype.cell(cell_type)
+    _draw_cell(row[0], f'{cell_type} cell', nodes, concat, genotype.ops,
+               show_weights)
+    _draw_weights(fig, row[1], _cell_edges(nodes), genotype.ops,
+                  f'{cell_type} cell: kept weights')
+  fig.set_size_inches(scale * cell_width + weights_width, sum(heights) + 0.6)
   parent = os.path.dirname(os.fspath(path))
   if parent:
     os.makedirs(parent, exist_ok=True)
@@ -291,31 +356,13 @@ def _draw_recurrent_cell(ax, genotype, show_weights):
   return max(xs) - min(xs) + 2 * margin, top - bottom + 2 * margin
 
 
-def _draw_recurrent_weights(fig, ax, genotype):
-  """Heat map of the kept weights: a row per edge, a column per op."""
-  edges = sorted({(node.index, pred) for node in genotype.nodes
-                  for pred, _, _ in node.inputs})
-  row = {edge: r for r, edge in enumerate(edges)}
-  col = {op: c for c, op in enumerate(genotype.ops)}
-  weights = np.full((len(edges), len(genotype.ops)), np.nan)
+def _recurrent_edges(genotype):
+  """``{(node, pred): {op: weight}}`` of a recurrent genotype."""
+  edges = {}
   for node in genotype.nodes:
     for pred, op, w in node.inputs:
-      weights[row[node.index, pred], col[op]] = w
-  vmax = float(np.nanmax(np.abs(weights))) or 1.0
-  cmap = colormaps['RdBu_r'].with_extremes(bad='#eeeeee')
-  image = ax.imshow(np.ma.masked_invalid(weights), cmap=cmap, vmin=-vmax,
-                    vmax=vmax, aspect='auto', interpolation='nearest')
-  for (r, c), w in np.ndenumerate(weights):
-    if np.isfinite(w):
-      ax.text(c, r, f'{w:.2g}', ha='center', va='center', fontsize=7,
-              color='white' if abs(w) > 0.6 * vmax else 'black')
-  ax.set_xticks(range(len(genotype.ops)), genotype.ops, rotation=45,
-                ha='right', fontsize=8)
-  ax.set_yticks(range(len(edges)),
-                [f'$s_{{{p}}} \\to s_{{{k}}}$' for k, p in edges],
-                fontsize=8)
-  ax.set_title('kept weights', fontsize=11)
-  fig.colorbar(image, ax=ax, shrink=0.8)
+      edges.setdefault((node.index, pred), {})[op] = w
+  return edges
 
 
 def plot_recurrent_genotype(genotype: rnn_genotype_lib.RecurrentGenotype,
@@ -350,7 +397,9 @@ def plot_recurrent_genotype(genotype: rnn_genotype_lib.RecurrentGenotype,
   axes = fig.subplots(1, 2, gridspec_kw={
       'width_ratios': [cell_width, weights_width]})
   width, height = _draw_recurrent_cell(axes[0], genotype, show_weights)
-  _draw_recurrent_weights(fig, axes[1], genotype)
+  rows = [(f'$s_{{{p}}} \\to s_{{{k}}}$', kept)
+          for (k, p), kept in sorted(_recurrent_edges(genotype).items())]
+  _draw_weights(fig, axes[1], rows, genotype.ops, 'kept weights')
   fig.set_size_inches(scale * width + weights_width,
                       max(scale * height + 0.5, 0.28 * n_edges + 1.6))
   parent = os.path.dirname(os.fspath(path))

@@ -66,6 +66,10 @@ def test_search_writes_a_sparse_genotype_and_progress(runs):
   counts = results['counts']
   # λ reached 0.16 by the last epoch: the prox removed ops.
   assert counts['ops_nonzero'] < counts['ops_total']
+  per_cell = results['counts_per_cell']
+  assert sorted(per_cell) == ['normal', 'reduce']
+  for key, total in counts.items():
+    assert sum(per_cell[t][key] for t in per_cell) == total
   kept = sum(len(n.inputs) for t in ('normal', 'reduce')
              for n in genotype.cell(t)[0])
   assert kept == results['genotype_stats']['total']['ops_kept'] > 0

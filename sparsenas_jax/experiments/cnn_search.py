@@ -412,6 +412,8 @@ def _finish(config, state, ops, workdir, summary):
   stats = complexity.genotype_stats(genotype, config.init_channels)
   summary = {**summary, 'genotype_stats': stats,
              'counts': genotype_lib.sparsity_counts(arch),
+             'counts_per_cell': {t: genotype_lib.sparsity_counts({t: arch[t]})
+                                 for t in arch},
              'peak_rss_gb': resource.getrusage(
                  resource.RUSAGE_SELF).ru_maxrss / 2**20}
   with open(os.path.join(workdir, 'search_results.json'), 'w') as f:

@@ -59,15 +59,14 @@ def default_cell_impl(backend: Optional[str] = None) -> str:
 
   ``'stacked'`` on XLA:CPU, ``'reference'`` on every other backend.
 
-  XLA:CPU runs grouped (depthwise) convolutions far slower than the batched
-  cell's shifted products, and the stacked layout holds each parameter of a
-  stage's edges in one leaf instead of one per edge: fewer gradient outputs
-  and optimizer updates to compile. cuDNN and the TPU convolution units run
-  depthwise convolutions natively, so there the straightforward cell, one
-  ``lax.conv_general_dilated`` per depthwise conv, is the better choice. It
-  is also the one XLA:GPU compiles at the DARTS size: with jaxlib 0.11.2 its
-  Triton GEMM tiling pass fails a check on the stacked and batched cells
-  (docs/performance.md).
+  Both compute the same function with the same depthwise primitives
+  (``models.depthwise``, which lower per backend). On XLA:CPU the batched
+  cell applies each kind of op once per node stage instead of once per
+  edge, and the stacked layout holds each parameter of a stage's edges in
+  one leaf: fewer XLA ops and leaves to compile. With jaxlib 0.11.2,
+  XLA:GPU's Triton GEMM tiling pass failed a check on the stacked and
+  batched cells at the DARTS size (docs/performance.md), hence the
+  straightforward cell there.
 
   Args:
     backend: a JAX platform name (``'cpu'``, ``'gpu'``, ``'tpu'``); None for
