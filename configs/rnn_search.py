@@ -59,6 +59,7 @@ def get_config(arg=None):
   c.arch_weight_decay = 1e-3  # adam only
   c.arch_init_scale = 0.0     # A's start; 0 = 1 / len(ops)
   c.lambda_step = 0.01
+  c.lambda_max = 0.0          # hold λ there once reached; 0 = no cap
   c.l1_ratio = 0.5
   # Runtime.
   c.eval_every_epochs = 1

@@ -54,6 +54,7 @@ def test_offline_cifar_search_fails_at_once_saying_how_to_get_it(tmp_path):
     ('--config.ops=sep_conv_3x3,conv_9x9', 'unknown op'),
     ('--config.layers=2', 'layers=2'),
     ('--config.lambda_step=-0.01', 'negative'),
+    ('--config.lambda_max=-1', 'lambda_max=-1'),
     ('--config.arch_optimizer=sgd', 'valid'),
 ])
 def test_bad_search_config_values_fail_with_one_line(tmp_path, override,

@@ -366,7 +366,8 @@ def run(config: ml_collections.ConfigDict, workdir: str):
   def epoch_scalars(state, step):
     counts = genotype_lib.sparsity_counts(
         parallel.to_host(common.architecture(config, state.arch, state.arch_opt_state)))
-    return {'lambda': config.lambda_step * ((step - 1) // steps_per_epoch),
+    return {'lambda': float(common.lambda_schedule(
+        config, steps_per_epoch)(step - 1)),
             'ops_nonzero': counts['ops_nonzero'],
             'nodes_live': counts['nodes_live'],
             'learning_rate': float(weight_schedule(config, total_steps)(

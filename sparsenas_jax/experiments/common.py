@@ -85,13 +85,22 @@ def check_search_config(config) -> None:
   if config.lambda_step < 0:
     raise ConfigError(f'config.lambda_step={config.lambda_step} is negative; '
                       'λ is ramped up by lambda_step >= 0 per epoch.')
+  if config.get('lambda_max', 0.0) < 0:
+    raise ConfigError(f'config.lambda_max={config.lambda_max} is negative; '
+                      'use 0 (no cap) or the largest λ to ramp up to.')
   if not 0 <= config.l1_ratio <= 1:
     raise ConfigError(f'config.l1_ratio={config.l1_ratio}: use [0, 1].')
 
 
 def lambda_schedule(config, steps_per_epoch: int):
-  """λ raised by ``lambda_step`` at the start of every epoch (λ₀ = 0)."""
-  return lambda count: config.lambda_step * (count // steps_per_epoch)
+  """λ raised by ``lambda_step`` at the start of every epoch (λ₀ = 0), held
+  at ``lambda_max`` once it gets there (0: never)."""
+  cap = config.get('lambda_max', 0.0)
+
+  def schedule(count):
+    lam = config.lambda_step * (count // steps_per_epoch)
+    return jnp.minimum(lam, cap) if cap > 0 else lam
+  return schedule
 
 
 def make_arch_optimizer(config, arch, steps_per_epoch: int):

@@ -316,7 +316,8 @@ def run(config: ml_collections.ConfigDict, workdir: str):
   def epoch_scalars(state, step):
     counts = rnn_genotype.recurrent_sparsity_counts(
         parallel.to_host(sparse_arch(state)))
-    return {'lambda': config.lambda_step * ((step - 1) // steps_per_epoch),
+    return {'lambda': float(common.lambda_schedule(
+        config, steps_per_epoch)(step - 1)),
             'ops_nonzero': counts['ops_nonzero'],
             'nodes_live': counts['nodes_live']}
 
