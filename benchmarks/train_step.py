@@ -29,7 +29,9 @@ def main():
   parser.add_argument('--genotype', default='darts_v2')
   parser.add_argument('--batch', type=int, default=0, help='0: the config')
   parser.add_argument('--steps', type=int, default=3)
-  parser.add_argument('--fast_compile', type=int, default=1)
+  parser.add_argument('--fast_compile', type=int, default=-1,
+                      help='XLA:CPU optimisation level 0 (1) or not (0); '
+                           '-1: the variant config\'s cpu_fast_compile')
   args = parser.parse_args()
 
   import jax  # pylint: disable=g-import-not-at-top
@@ -43,7 +45,8 @@ def main():
 
   config = cfg.get_config(args.variant)
   config.genotype = args.genotype
-  config.cpu_fast_compile = bool(args.fast_compile)
+  if args.fast_compile >= 0:
+    config.cpu_fast_compile = bool(args.fast_compile)
   batch_size = args.batch or config.batch_size
   genotype = ct.validate(config)
   imagenet = config.dataset == 'imagenet2012'
