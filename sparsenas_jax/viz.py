@@ -109,6 +109,34 @@ class _Arc:
     return self.at(a), self._blossom(a, b), self.at(b)
 
 
+def _draw_arrow(ax, arc, radius, color, label, placed, *, spots, fontsize,
+                style):
+  """Draws ``arc`` as an arrow between two node circles of ``radius``.
+
+  The label slides along the curve, over the parameters ``spots``, to the
+  spot farthest from the anchors in ``placed`` (other labels, nodes), the
+  first spot winning ties; labels are wide, so horizontal distance counts
+  for less. The chosen spot is appended to ``placed``.
+  """
+  curve = mpath.Path(arc.clipped(radius * 1.04),
+                     [mpath.Path.MOVETO, mpath.Path.CURVE3,
+                      mpath.Path.CURVE3])
+  ax.add_patch(patches.FancyArrowPatch(
+      path=curve, arrowstyle='-|>', mutation_scale=13, color=color, lw=1.3,
+      linestyle=style, zorder=2))
+  if not label:
+    return
+  points = [arc.at(t) for t in spots]
+  best = max(points, key=lambda q: min(
+      math.hypot((q[0] - r[0]) / 3, q[1] - r[1]) for r in placed) + 1e-3 * (
+          q == points[0]))
+  placed.append(best)
+  ax.text(*best, label, ha='center', va='center', fontsize=fontsize,
+          color=color, zorder=5, linespacing=1.1,
+          bbox=dict(boxstyle='round,pad=0.15', fc='white', ec='none',
+                    alpha=0.85))
+
+
 def _draw_cell(ax, title, nodes, concat, ops, show_weights):
   """Draws one cell on ``ax`` in data units; returns the data extent."""
   pos = _layout(nodes)
@@ -127,27 +155,9 @@ def _draw_cell(ax, title, nodes, concat, ops, show_weights):
   placed = list(pos.values())  # label anchors so far, nodes included
 
   def arrow(src, dst, rad, color, label, style='-'):
-    arc = _Arc(pos[src], pos[dst], rad)
-    curve = mpath.Path(arc.clipped(radius * 1.04),
-                       [mpath.Path.MOVETO, mpath.Path.CURVE3,
-                        mpath.Path.CURVE3])
-    ax.add_patch(patches.FancyArrowPatch(
-        path=curve, arrowstyle='-|>', mutation_scale=13, color=color, lw=1.3,
-        linestyle=style, zorder=2))
-    if label:
-      # Slide the label along its curve to the spot farthest from the other
-      # labels and nodes; the middle wins ties.
-      # Labels are wide, so horizontal distance counts for less.
-      spots = [arc.at(t)
-               for t in (0.5, 0.43, 0.57, 0.36, 0.64, 0.29, 0.71)]
-      best = max(spots, key=lambda q: min(
-          math.hypot((q[0] - r[0]) / 3, q[1] - r[1]) for r in placed) + 1e-3 * (
-              q == spots[0]))
-      placed.append(best)
-      ax.text(*best, label, ha='center', va='center', fontsize=7,
-              color=color, zorder=5, linespacing=1.1,
-              bbox=dict(boxstyle='round,pad=0.15', fc='white', ec='none',
-                        alpha=0.85))
+    _draw_arrow(ax, _Arc(pos[src], pos[dst], rad), radius, color, label,
+                placed, spots=(0.5, 0.43, 0.57, 0.36, 0.64, 0.29, 0.71),
+                fontsize=7, style=style)
 
   for node in nodes:
     by_src = {}
@@ -304,25 +314,9 @@ def _draw_recurrent_cell(ax, genotype, show_weights):
     chord = pos[dst][0] - pos[src][0]
     # _Arc's curve peaks at rad / 2 chord lengths off the chord; negative
     # rad bends a left-to-right edge upwards.
-    arc = _Arc(pos[src], pos[dst], -2 * height / chord)
-    curve = mpath.Path(arc.clipped(radius * 1.04),
-                       [mpath.Path.MOVETO, mpath.Path.CURVE3,
-                        mpath.Path.CURVE3])
-    ax.add_patch(patches.FancyArrowPatch(
-        path=curve, arrowstyle='-|>', mutation_scale=13, color=color, lw=1.3,
-        linestyle=style, zorder=2))
-    if label:
-      # As in _draw_cell: the spot along the curve farthest from the other
-      # labels and nodes, the middle winning ties.
-      spots = [arc.at(t) for t in (0.5, 0.42, 0.58, 0.34, 0.66)]
-      best = max(spots, key=lambda q: min(
-          math.hypot((q[0] - r[0]) / 3, q[1] - r[1]) for r in placed) + 1e-3 * (
-              q == spots[0]))
-      placed.append(best)
-      ax.text(*best, label, ha='center', va='center', fontsize=8,
-              color=color, zorder=5, linespacing=1.1,
-              bbox=dict(boxstyle='round,pad=0.15', fc='white', ec='none',
-                        alpha=0.85))
+    _draw_arrow(ax, _Arc(pos[src], pos[dst], -2 * height / chord), radius,
+                color, label, placed, spots=(0.5, 0.42, 0.58, 0.34, 0.66),
+                fontsize=8, style=style)
 
   top = 0.0
   for node in genotype.nodes:
