@@ -21,7 +21,8 @@ from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
-import optax
+
+from sparsenas_jax.optim import clipping
 
 # A loss ``loss(weights, arch, batch)`` returning a scalar.
 LossFn = Callable[[Any, Any, Any], jax.Array]
@@ -119,9 +120,13 @@ def unroll(weights, grad_w, eta, momentum, momentum_buffer, weight_decay):
 
 @jax.jit
 def _difference_points(weights, v):
-  norm = optax.tree.norm(v)
+  norm = clipping.global_norm(v)
   eps = _FD_RADIUS / jnp.where(norm > 0, norm, 1)
   return _axpy(weights, eps, v), _axpy(weights, -eps, v), eps
+
+
+# c = min(1, max_norm / ‖∇_w L‖₂), as the weight step clips its gradient.
+_clip_coefficient = jax.jit(clipping.clip_coefficient)
 
 
 @jax.jit
@@ -135,14 +140,6 @@ def _combine(g_val, g_plus, g_minus, eps, eta, arch):
                               g_minus)
   return jax.tree.map(lambda gv, c, a: (gv - eta * c).astype(a.dtype),
                       g_val, correction, arch)
-
-
-@jax.jit
-def _clip_coefficient(grad_w, max_norm):
-  """c = min(1, max_norm / ‖∇_w L‖₂), the global-norm clipping of
-  ``optax.clip_by_global_norm``."""
-  norm = optax.tree.norm(grad_w)
-  return jnp.where(norm < max_norm, 1.0, max_norm / jnp.maximum(norm, 1e-30))
 
 
 def split_hypergradient(derivatives: Derivatives, weights, arch, train_batch,

@@ -309,6 +309,7 @@ _TRANSFORMATIONS = {
     'adam_hapg': lambda: optim.adam_hapg(0.1, LAM, ALPHA, groups=GROUPS),
     'sgl_prox': lambda: optim.sgl_prox(LAM, ALPHA, groups=GROUPS,
                                        step_size=0.1),
+    'clip_by_global_norm': lambda: optim.clip_by_global_norm(1.0),
 }
 
 

@@ -34,36 +34,13 @@ def as_float(images: jax.Array) -> jax.Array:
   return images.astype(jnp.float32)
 
 
-def global_norm(tree) -> jax.Array:
-  """‖tree‖₂ over all leaves, as one reduction of their concatenation.
-
-  ``optax.tree.norm`` reduces each leaf on its own: for a supernet's
-  hundreds of weight leaves, hundreds of small XLA programs to compile.
-  """
-  leaves = [jnp.ravel(x).astype(jnp.float32) for x in jax.tree.leaves(tree)]
-  if not leaves:
-    return jnp.float32(0)
-  return jnp.sqrt(jnp.sum(jnp.square(jnp.concatenate(leaves))))
-
-
-def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
-  """``optax.clip_by_global_norm`` with the norm from ``global_norm``."""
-  def update(updates, state, params=None):
-    del params
-    norm = global_norm(updates)
-    scale = jnp.where(norm < max_norm, 1.0, max_norm / norm)
-    return jax.tree.map(lambda g: (g * scale).astype(g.dtype), updates), state
-  return optax.GradientTransformation(lambda params: optax.EmptyState(),
-                                      update)
-
-
 def darts_sgd(learning_rate, *, grad_clip: float, weight_decay: float,
               momentum: float) -> optax.GradientTransformation:
   """DARTS's weight optimizer: clip the gradient's global norm, add L2 weight
   decay (to every parameter, as PyTorch's SGD does, after the clipping),
   then SGD with momentum."""
   return optax.chain(
-      clip_by_global_norm(grad_clip),
+      optim.clip_by_global_norm(grad_clip),
       optax.add_decayed_weights(weight_decay),
       optax.sgd(learning_rate, momentum=momentum))
 

@@ -40,6 +40,7 @@ import numpy as np
 import optax
 
 from sparsenas_jax import bilevel
+from sparsenas_jax import optim
 from sparsenas_jax import rnn_genotype
 from sparsenas_jax import search_space
 from sparsenas_jax import viz
@@ -143,7 +144,7 @@ def make_weight_optimizer(config) -> optax.GradientTransformation:
   """DARTS's recurrent weight step without its learning rate: clip the
   global norm, add L2 weight decay (the step scales by −η itself, η varying
   with the window's length)."""
-  return optax.chain(common.clip_by_global_norm(config.grad_clip),
+  return optax.chain(optim.clip_by_global_norm(config.grad_clip),
                      optax.add_decayed_weights(config.weight_decay))
 
 

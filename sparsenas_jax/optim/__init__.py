@@ -3,7 +3,8 @@
 ``hapg``, ``adam_hapg`` and ``sgl_prox`` return
 ``optax.GradientTransformationExtraArgs``: like optax's own optimizers their
 ``update`` accepts (and ignores) extra keyword arguments such as
-``value=loss``. This package needs only jax, optax and numpy.
+``value=loss``. ``clip_by_global_norm`` is optax's, with the norm as one
+reduction over all leaves. This package needs only jax, optax and numpy.
 
 Compose them into your own chains::
 
@@ -13,6 +14,9 @@ Compose them into your own chains::
                         groups=groups)
 """
 
+from sparsenas_jax.optim.clipping import clip_by_global_norm
+from sparsenas_jax.optim.clipping import clip_coefficient
+from sparsenas_jax.optim.clipping import global_norm
 from sparsenas_jax.optim.groups import UNPENALIZED
 from sparsenas_jax.optim.groups import darts_node_groups
 from sparsenas_jax.optim.groups import leaf_groups
@@ -31,6 +35,7 @@ from sparsenas_jax.optim.sgl_prox import SglProxState
 
 __all__ = [
     'UNPENALIZED', 'AdamHapgState', 'HapgState', 'SglProxState', 'adam_hapg',
-    'darts_node_groups', 'hapg', 'leaf_groups', 'prox_group_l2', 'prox_l1',
+    'clip_by_global_norm', 'clip_coefficient', 'darts_node_groups',
+    'global_norm', 'hapg', 'leaf_groups', 'prox_group_l2', 'prox_l1',
     'prox_sgl', 'row_groups', 'sgl_penalty', 'sgl_prox', 'sparse_params',
 ]
