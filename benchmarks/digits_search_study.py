@@ -7,7 +7,7 @@
 
 Each --run is one search of ``configs/cnn_search.py:digits`` (plus the
 --base overrides, then the run's own), in its own process, one after the
-other, in WORKDIR/<index>. Per run: the overrides, wall time, the final
+other, in WORKDIR/<index> (which must not exist yet). Per run: the overrides, wall time, the final
 counts (ops kept and total, live nodes, per cell type), supernet test
 accuracy and ops kept, live nodes and test accuracy after every epoch, read
 from the run's ``search_results.json`` and ``metrics.jsonl``. Never part of
@@ -37,7 +37,15 @@ def main():
                       help='overrides applied to every run first')
   parser.add_argument('--workdir', default='/tmp/digits_search_study')
   args = parser.parse_args()
-  for index, overrides in enumerate(args.run or ['']):
+  runs = args.run or ['']
+  # A search resumes from a workdir it finds: an old study's folders would
+  # report that study's results as this one's.
+  stale = [os.path.join(args.workdir, str(i)) for i in range(len(runs))
+           if os.path.exists(os.path.join(args.workdir, str(i)))]
+  if stale:
+    sys.exit(f'error: {stale[0]} exists (a search there would resume, not '
+             f'run); remove it or pass another --workdir.')
+  for index, overrides in enumerate(runs):
     workdir = os.path.join(args.workdir, str(index))
     command = [sys.executable, '-m', 'sparsenas_jax.main',
                '--config=configs/cnn_search.py:digits', f'--workdir={workdir}',
