@@ -40,7 +40,7 @@ def measure(args):
   config.hypergradient = args.mode
   config.batch_size, config.bptt, config.nhid = args.batch, args.bptt, args.nhid
   config.max_seq_len_delta = 0
-  config.remat = bool(args.remat)
+  config.remat = args.remat
   mesh = parallel.make_mesh(0)
   ops = rs.parse_ops(config.ops)
   model = rs.make_model(config, args.ntoken, ops)
@@ -74,7 +74,7 @@ def measure(args):
   step_s = statistics.median(times[1:])
   return {
       'mode': args.mode, 'batch': args.batch, 'bptt': args.bptt,
-      'ntoken': args.ntoken, 'nhid': args.nhid, 'remat': bool(args.remat),
+      'ntoken': args.ntoken, 'nhid': args.nhid, 'remat': args.remat,
       'backend': jax.default_backend(), 'devices': jax.device_count(),
       'init_s': round(init_s, 2), 'compile_s': round(compile_s, 2),
       'first_step_s': round(times[0], 2),
@@ -94,7 +94,8 @@ def main():
   parser.add_argument('--ntoken', type=int, default=10000)
   parser.add_argument('--nhid', type=int, default=300)
   parser.add_argument('--steps', type=int, default=3)
-  parser.add_argument('--remat', type=int, default=0)
+  parser.add_argument('--remat', default='dots',
+                      help='none | full | dots (models.rnn.REMAT_POLICIES)')
   parser.add_argument('--timeout', type=int, default=3600)
   parser.add_argument('--child', default='')
   args = parser.parse_args()

@@ -48,7 +48,8 @@ def get_config(arg=None):
   c.compilation_cache_dir = ''
   c.cpu_fast_compile = False
   c.unroll = 1                # time steps per scan iteration
-  c.remat = True              # recompute each step's cell in the backward
+  c.remat = 'dots'            # what a time step keeps for the backward:
+                              # none | full (recompute) | dots (products)
   if arg == 'tiny':
     c.dataset = 'tiny'
     c.nhid = 64

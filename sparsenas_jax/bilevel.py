@@ -86,23 +86,51 @@ def _arch_grads(arch_grads, grads):
   return from_grads
 
 
-def _mixed_product(loss: LossFn):
-  # ∇²_{A,w} L v = ∇_A ⟨∇_w L, v⟩ = ∇_A (the derivative of L along v in w):
-  # reverse mode over a JVP. The same numbers as forward over reverse (the
-  # JVP of w ↦ ∇_A L), and faster on a DARTS supernet on XLA:CPU
-  # (docs/performance.md).
-  def mixed_product(w, a, v, batch):
+# How the mixed second derivative is taken (``mixed_product``).
+MIXED_ORDERS = ('reverse_over_forward', 'forward_over_reverse')
+
+
+def mixed_product(loss: LossFn, order: str = 'reverse_over_forward'):
+  """``(w, A, v, batch) -> ∇²_{A,w} loss(w, A) v``, by autodiff.
+
+  Two orders, the same numbers (each exact, no truncation):
+
+  * ``'reverse_over_forward'``: ∇_A of the directional derivative of the
+    loss along v in w, ``jax.grad`` of ``jax.jvp``. Faster on the CNN
+    supernet (XLA:CPU).
+  * ``'forward_over_reverse'``: the directional derivative along v of
+    w ↦ ∇_A loss(w, A), ``jax.jvp`` of ``jax.grad``. Faster on the
+    recurrent supernet, whose time loop is rematerialised (XLA:CPU;
+    docs/performance.md).
+
+  Raises:
+    ValueError: for another ``order``.
+  """
+  if order not in MIXED_ORDERS:
+    raise ValueError(f'order must be one of '
+                     f'{", ".join(repr(o) for o in MIXED_ORDERS)}; '
+                     f'got {order!r}.')
+  if order == 'forward_over_reverse':
+    def forward_over_reverse(w, a, v, batch):
+      arch_grad = lambda w: jax.grad(loss, argnums=1)(w, a, batch)
+      return jax.jvp(arch_grad, (w,), (v,))[1]
+    return forward_over_reverse
+
+  def reverse_over_forward(w, a, v, batch):
     directional = lambda a: jax.jvp(lambda w: loss(w, a, batch), (w,),
                                     (v,))[1]
     return jax.grad(directional)(a)
-  return mixed_product
+  return reverse_over_forward
 
 
-def autodiff_derivatives(train_loss: LossFn, val_loss: LossFn) -> Derivatives:
+def autodiff_derivatives(train_loss: LossFn, val_loss: LossFn, *,
+                         mixed_order: str = 'reverse_over_forward'
+                         ) -> Derivatives:
   """``Derivatives`` of two losses by ``jax.grad`` and ``jax.jvp`` (traced,
-  not compiled: jit them, or the function that calls them)."""
+  not compiled: jit them, or the function that calls them); the mixed
+  product in ``mixed_order`` (``mixed_product``)."""
   return Derivatives(_loss_and_grads(train_loss), _loss_and_grads(val_loss),
-                     _mixed_product(train_loss))
+                     mixed_product(train_loss, mixed_order))
 
 
 @jax.jit

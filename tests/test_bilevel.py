@@ -346,3 +346,36 @@ def test_clipped_unrolled_step_matches_central_difference(x64, grad_clip):
         _loss, _loss, weights, arch, train_batch, val_batch, eta=eta,
         mode='exact', weight_decay=weight_decay)
     assert _rel_err(unclipped, brute_force) > 1e-3
+
+
+@pytest.mark.parametrize('order', bilevel.MIXED_ORDERS)
+def test_mixed_product_orders_match_central_difference(x64, order):
+  """∇²_{A,w} L v in either order equals the central difference of ∇_A L
+  along v, coordinate of A by coordinate (float64), and the hypergradient
+  assembled with it equals the brute-force derivative of F(A)."""
+  del x64
+  weights, arch, buf, train_batch, val_batch = _problem()
+  v = jax.tree.map(lambda w: 0.3 * jnp.cos(w), weights)
+  got = jax.jit(bilevel.mixed_product(_loss, order))(weights, arch, v,
+                                                     train_batch)
+  eps = 1e-5
+  shifted = lambda s: _grad_arch(
+      jax.tree.map(lambda w, d: w + s * d, weights, v), arch, train_batch)
+  expected = jax.tree.map(lambda p, m: (p - m) / (2 * eps), shifted(eps),
+                          shifted(-eps))
+  np.testing.assert_allclose(_flat(got), _flat(expected), rtol=1e-7,
+                             atol=1e-10)
+
+  derivatives = bilevel.autodiff_derivatives(_loss, _loss, mixed_order=order)
+  g, _ = bilevel.split_hypergradient(derivatives, weights, arch, train_batch,
+                                     val_batch, eta=0.3, mode='exact')
+  objective = _unrolled_objective(weights, buf, train_batch, val_batch,
+                                  eta=0.3, momentum=0.0, weight_decay=0.0)
+  np.testing.assert_allclose(_flat(g), _flat(jax.grad(objective)(arch)),
+                             rtol=1e-10, atol=1e-13)
+
+
+def test_unknown_mixed_order_raises():
+  with pytest.raises(ValueError, match="'reverse_over_forward', "
+                     "'forward_over_reverse'; got 'hessian'"):
+    bilevel.mixed_product(_loss, 'hessian')

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from sparsenas_jax import bilevel
 from sparsenas_jax import models
 from sparsenas_jax import rnn_genotype
 from sparsenas_jax import search_space
@@ -302,6 +303,44 @@ def test_padded_window_matches_unpadded(search):
   assert np.max(np.abs(h_unmasked - h8)) > 1e-3
 
 
+def test_remat_policies_compute_the_same_derivatives():
+  """Every ``remat`` keeps the numbers: loss, gradients in (w, A) and both
+  orders of the mixed product ∇²_{A,w} L v, with dropout on."""
+  nodes = 3
+  rng = np.random.default_rng(5)
+  tokens = rng.integers(0, NTOKEN, (6, B)).astype(np.int32)
+  targets = rng.integers(0, NTOKEN, (6, B)).astype(np.int32)
+  hidden = rng.normal(size=(B, NHID)).astype(np.float32)
+  mask = np.ones(6, np.float32)
+  arch = _random_arch(4, nodes)
+  results = {}
+  for remat in rnn.REMAT_POLICIES:
+    model = _model(rnn.RNNSearchCell(NHID, nodes=nodes), remat=remat,
+                   **RATES)
+    params = rnn.init_rnn_variables(model, seed=1)['params']
+
+    def loss(w, a, _):
+      logits, _, _ = model.apply({'params': w}, tokens, hidden, mask, a,
+                                 train=True,
+                                 rngs={'dropout': jax.random.key(3)})
+      return jnp.mean(-jnp.take_along_axis(jax.nn.log_softmax(logits),
+                                           targets[..., None], -1))
+
+    v = jax.tree.map(lambda w: jnp.sin(100 * w), params)
+    results[remat] = _jit(lambda w, a, v: (
+        jax.value_and_grad(loss, argnums=(0, 1))(w, a, None),
+        [bilevel.mixed_product(loss, o)(w, a, v, None)
+         for o in bilevel.MIXED_ORDERS]))(params, arch, v)
+  reference = results['none']
+  mixed = reference[1][0]
+  assert all(np.any(np.asarray(m) != 0) for m in jax.tree.leaves(mixed))
+  for remat, result in results.items():
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(
+        a, b, rtol=2e-4, atol=1e-6, err_msg=remat), result, reference)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(
+        a, b, rtol=2e-4, atol=1e-6, err_msg=remat), result[1][1], mixed)
+
+
 # ----------------------------------------------------------------------------
 # Zero groups and the batch norm after a node.
 # ----------------------------------------------------------------------------
@@ -471,6 +510,9 @@ def test_errors():
     search.apply(variables, *args, _random_arch(0, 3), train=False)
   with pytest.raises(ValueError, match='nhid'):
     _model(rnn.RNNSearchCell(NHID + 1))
+  with pytest.raises(ValueError, match="remat must be one of none, full, "
+                     "dots; got 'some'"):
+    _model(rnn.RNNSearchCell(NHID), remat='some')
   with pytest.raises(ValueError, match='recurrent ops'):
     rnn.RNNSearchCell(NHID, ops=('tanh', 'none'))
   with pytest.raises(ValueError, match='weighting'):

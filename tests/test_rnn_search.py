@@ -121,6 +121,8 @@ def test_vocabulary_mismatch_is_a_one_line_error(runs, tmp_path):
      'recurrent ops'),
     (['--config=configs/rnn_search.py:tiny', '--config.bptt=1'],
      'bptt=1'),
+    (['--config=configs/rnn_train.py:tiny', '--config.remat=True'],
+     "remat='True'; valid: none, full, dots"),
     (['--config=configs/rnn_train.py:tiny', '--config.genotype=darts_v9'],
      'darts_v2'),
 ])

@@ -19,6 +19,7 @@ import optax
 
 from sparsenas_jax.data import ptb
 from sparsenas_jax.errors import ConfigError
+from sparsenas_jax.models import rnn
 
 DATASETS = ('ptb', 'tiny')
 
@@ -144,4 +145,7 @@ def check_common(config) -> None:
   for name in ('dropout', 'dropouth', 'dropoutx', 'dropouti', 'dropoute'):
     if not 0 <= config[name] < 1:
       raise ConfigError(f'config.{name}={config[name]}: use [0, 1).')
+  if config.remat not in rnn.REMAT_POLICIES:
+    raise ConfigError(f'config.remat={config.remat!r}; valid: '
+                      f'{", ".join(rnn.REMAT_POLICIES)}.')
 

@@ -197,7 +197,7 @@ def make_search_step(config, model, weight_opt, arch_opt, steps_per_epoch,
 
   derivatives = bilevel.Derivatives(
       grads(nll, False), grads(val_nll, True),
-      bilevel.autodiff_derivatives(nll, nll).mixed_product,
+      bilevel.mixed_product(nll, 'forward_over_reverse'),
       train_arch_grads=arch_grads(nll, False),
       val_arch_grads=arch_grads(val_nll, True))
 
