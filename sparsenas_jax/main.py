@@ -26,6 +26,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 # job name -> module with run(config, workdir)
 JOBS = {
     'cnn_search': 'sparsenas_jax.experiments.cnn_search',
+    'cnn_sweep': 'sparsenas_jax.experiments.cnn_sweep',
     'cnn_train': 'sparsenas_jax.experiments.cnn_train',
     'digits_prune': 'sparsenas_jax.experiments.digits_prune',
     'rnn_search': 'sparsenas_jax.experiments.rnn_search',

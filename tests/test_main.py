@@ -56,11 +56,15 @@ def test_offline_cifar_search_fails_at_once_saying_how_to_get_it(tmp_path):
     ('--config.lambda_step=-0.01', 'negative'),
     ('--config.lambda_max=-1', 'lambda_max=-1'),
     ('--config.arch_optimizer=sgd', 'valid'),
+    ('--config.sweep.seed=0,1', '--config.job=cnn_sweep'),
+    ('--config.job=cnn_sweep --config.sweep.l1_ratio=0.5,x', 'comma-separated'),
+    ('--config.job=cnn_sweep --config.sweep.seed=4', 'needs >= 2 members'),
+    ('--config.job=cnn_sweep --config.sweep.l1_ratio=0.5,1.5', 'l1_ratio=1.5'),
 ])
 def test_bad_search_config_values_fail_with_one_line(tmp_path, override,
                                                      needle):
   proc = _main('--config=configs/cnn_search.py:digits',
-               f'--workdir={tmp_path}', override)
+               f'--workdir={tmp_path}', *override.split())
   assert proc.returncode == 2
   last = proc.stderr.strip().splitlines()[-1]
   assert last.startswith('error: ') and needle in last

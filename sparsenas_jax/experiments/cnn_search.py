@@ -77,6 +77,11 @@ def parse_ops(ops: str) -> tuple[str, ...]:
 
 def validate(config) -> tuple[str, ...]:
   """Checks the config; returns the op names."""
+  sweep = config.get('sweep')
+  if config.job == 'cnn_search' and sweep is not None and any(
+      sweep.values()):
+    raise ConfigError('config.sweep.* lists values: run the sweep with '
+                      '--config.job=cnn_sweep (experiments/cnn_sweep.py).')
   common.check_cnn_config(config, DATASETS)
   common.check_search_config(config)
   if not 0 < config.train_portion < 1:
@@ -112,8 +117,24 @@ def load_data(config) -> data.ImageSplits:
   augmented and normalised on the device inside the step.
   """
   return data.load_image_splits(
-      config.dataset, seed=config.seed, train_portion=config.train_portion,
-      data_dir=config.data_dir or None)
+      config.dataset, seed=data_seed(config),
+      train_portion=config.train_portion, data_dir=config.data_dir or None)
+
+
+def data_seed(config) -> int:
+  """The seed of the data split (DIGITS's test set): ``config.data_seed``,
+  or ``config.seed`` when it is -1."""
+  return config.seed if config.get('data_seed', -1) < 0 else config.data_seed
+
+
+def search_batch(search_data: data.ImageSplits, batch_size: int, seed: int,
+                 step: int) -> dict[str, dict[str, np.ndarray]]:
+  """The step's ``{'train': b, 'val': b}`` (``b = {'image', 'label'}``) of a
+  search seeded ``seed``: a function of the step, for resuming."""
+  part = lambda split, stream: dict(zip(
+      ('image', 'label'), data.batch_at(split, batch_size, stream, step)))
+  return {'train': part(search_data.train, 2 * seed),
+          'val': part(search_data.val, 2 * seed + 1)}
 
 
 # ---------------------------------------------------------------------------
@@ -357,15 +378,12 @@ def run(config: ml_collections.ConfigDict, workdir: str):
       cpu_fast_compile=config.cpu_fast_compile, store=store, name='eval_step')
 
   def batch_at(step):
-    part = lambda split, seed: dict(zip(
-        ('image', 'label'), data.batch_at(split, config.batch_size, seed,
-                                          step)))
-    return {'train': part(search_data.train, 2 * config.seed),
-            'val': part(search_data.val, 2 * config.seed + 1)}
+    return search_batch(search_data, config.batch_size, config.seed, step)
 
   def epoch_scalars(state, step):
     counts = genotype_lib.sparsity_counts(
-        parallel.to_host(common.architecture(config, state.arch, state.arch_opt_state)))
+        parallel.to_host(common.architecture(config, state.arch,
+                                             state.arch_opt_state)))
     return {'lambda': float(common.lambda_schedule(
         config, steps_per_epoch)(step - 1)),
             'ops_nonzero': counts['ops_nonzero'],
@@ -375,7 +393,8 @@ def run(config: ml_collections.ConfigDict, workdir: str):
 
   def evaluate(state):
     return evaluation.evaluate(
-        eval_step, (state.weights, common.architecture(config, state.arch, state.arch_opt_state)),
+        eval_step, (state.weights, common.architecture(
+            config, state.arch, state.arch_opt_state)),
         evaluation.array_reader(*search_data.test),
         len(search_data.test[0]), config.batch_size, mesh)
 
@@ -396,13 +415,16 @@ def run(config: ml_collections.ConfigDict, workdir: str):
   summary.update(compile_s=sum(compiled.values()),
                  eval_compile_s=eval_step.compile_s,
                  programs_loaded=store.loaded)
-  return _finish(config, state, ops, workdir, summary)
+  return finish(config, state, workdir, summary)
 
 
-def _finish(config, state, ops, workdir, summary):
-  """Derives, saves and pictures the genotype; writes search_results.json
-  (process 0)."""
-  arch = parallel.to_host(common.architecture(config, state.arch, state.arch_opt_state))
+def finish(config, state, workdir, summary):
+  """Derives, saves and pictures the genotype of ``state`` (a
+  ``SearchState``, placed or on the host); writes search_results.json with
+  ``summary`` and the counts (process 0). Returns that summary."""
+  ops = parse_ops(config.ops)
+  arch = parallel.to_host(common.architecture(config, state.arch,
+                                              state.arch_opt_state))
   if jax.process_index() != 0:
     return summary
   np.savez(os.path.join(workdir, 'architecture.npz'),
