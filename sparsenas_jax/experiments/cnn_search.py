@@ -127,6 +127,17 @@ def data_seed(config) -> int:
   return config.seed if config.get('data_seed', -1) < 0 else config.data_seed
 
 
+def run_length(config, search_data: data.ImageSplits) -> tuple[int, int]:
+  """(steps per epoch, total steps) of a search; a one-line error when the
+  batch does not fit a split."""
+  num_train = len(search_data.train[0])
+  if config.batch_size > min(num_train, len(search_data.val[0])):
+    raise ConfigError(f'config.batch_size={config.batch_size} exceeds a '
+                      f'search split ({num_train} examples).')
+  steps_per_epoch = data.steps_per_epoch(num_train, config.batch_size)
+  return steps_per_epoch, steps_per_epoch * config.epochs
+
+
 def search_batch(search_data: data.ImageSplits, batch_size: int, seed: int,
                  step: int) -> dict[str, dict[str, np.ndarray]]:
   """The step's ``{'train': b, 'val': b}`` (``b = {'image', 'label'}``) of a
@@ -329,15 +340,10 @@ LOG_KEYS = (('train_loss', '.3f'), ('train_accuracy', '.3f'),
 
 def run(config: ml_collections.ConfigDict, workdir: str):
   """Runs (or resumes) a search; returns the final summary dict."""
-  ops = validate(config)
+  validate(config)
   mesh = loop.start(config, workdir)
   search_data = load_data(config)
-  num_train = len(search_data.train[0])
-  if config.batch_size > min(num_train, len(search_data.val[0])):
-    raise ConfigError(f'config.batch_size={config.batch_size} exceeds a '
-                      f'search split ({num_train} examples).')
-  steps_per_epoch = data.steps_per_epoch(num_train, config.batch_size)
-  total_steps = steps_per_epoch * config.epochs
+  steps_per_epoch, total_steps = run_length(config, search_data)
   # A rerun's stored programs start loading now, while the state is built.
   store = compilation.job_store(
       config, workdir, search_data.mean.tolist(), search_data.std.tolist(),

@@ -45,7 +45,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from sparsenas_jax import data
 from sparsenas_jax import genotype as genotype_lib
 from sparsenas_jax.errors import ConfigError
 from sparsenas_jax.experiments import cnn_search
@@ -234,12 +233,7 @@ def run(config: ml_collections.ConfigDict, workdir: str):
                       'batch of the program); set --config.num_devices=1.')
   _check_grid(workdir, members)
   search_data = cnn_search.load_data(configs[0])
-  num_train = len(search_data.train[0])
-  if config.batch_size > min(num_train, len(search_data.val[0])):
-    raise ConfigError(f'config.batch_size={config.batch_size} exceeds a '
-                      f'search split ({num_train} examples).')
-  steps_per_epoch = data.steps_per_epoch(num_train, config.batch_size)
-  total_steps = steps_per_epoch * config.epochs
+  steps_per_epoch, total_steps = cnn_search.run_length(config, search_data)
   store = compilation.job_store(
       config, workdir, search_data.mean.tolist(), search_data.std.tolist(),
       search_data.num_classes, total_steps)
