@@ -32,9 +32,10 @@ def get_config(arg=None):
   c.layers = 8
   c.nodes = 4
   c.ops = ','.join(search_space.DARTS_OPS)
-  # auto: 'stacked' (edge-batched cell, params stacked per stage) on CPU,
+  # auto: 'scanned' (edge-batched cell, params stacked per stage, the
+  # stages of the intermediate nodes' edges as one lax.scan) on CPU,
   # 'reference' (one MixedOp per edge) elsewhere; or force one of batched |
-  # stacked | reference. Depthwise convs: models/depthwise.py, per backend.
+  # stacked | scanned | reference. Depthwise convs: models/depthwise.py.
   c.cell_impl = 'auto'
   c.remat = False             # recompute each cell in the backward pass
   c.arch_init_scale = 0.0     # A init mean; 0 = 1/len(ops) (see init_arch)

@@ -21,6 +21,7 @@ from sparsenas_jax import models
 from sparsenas_jax import search_space
 from sparsenas_jax.models import batched_cell
 from sparsenas_jax.models import ops as ops_lib
+from sparsenas_jax.models import spatial
 from sparsenas_jax.models import supernet
 
 # These tests check numbers, not speed: skip LLVM's optimisations.
@@ -144,6 +145,52 @@ def test_stacked_network_matches_reference(results):
                              atol=1e-5 * np.abs(want).max())
 
 
+def test_scanned_network_matches_stacked_derivatives_included():
+  # Three nodes: the scan runs over nodes 0 and 1 as sources, with a zero
+  # edge in front of node 1's; a pool, the identity (factorized reduce in
+  # the reduction cells), a two-block and a one-block conv op. Logits, gradients and the mixed product of
+  # the exact hypergradient (reverse over forward, through the scan)
+  # against the unscanned stacked cell (itself checked against the
+  # reference above).
+  nodes = 3
+  ops = ('max_pool_3x3', 'skip_connect', 'sep_conv_3x3', 'dil_conv_3x3')
+  rng = np.random.default_rng(5)
+  # 16 x 16: batch norm over more than the 2 x 2 x 2 pixels of 8 x 8 inputs
+  # after two reductions, whose float32 rounding the mixed product amplifies
+  # to 2e-4. (With batch norm in float64 the two agree to 1e-11.)
+  x = rng.normal(size=(2, 16, 16, 1)).astype(np.float32)
+  labels = np.array([0, 2])
+  n_ops = len(ops)
+  arch = {t: {f'node_{j}': rng.normal(size=(j + 2, n_ops)).astype(np.float32)
+              for j in range(nodes)}
+          for t in search_space.CELL_TYPES}
+  nets = {impl: models.SearchNetwork(C=2, num_classes=3, layers=3,
+                                     nodes=nodes, ops=ops, cell_impl=impl)
+          for impl in ('stacked', 'scanned')}
+  params = _random_like(jax.eval_shape(
+      nets['stacked'].init, jax.random.key(0), x, arch)['params'], rng)
+  tangent = _random_like(params, rng)
+
+  def derivatives(net):
+    loss = lambda w, a: jnp.mean(jnp.sin(net.apply({'params': w}, x, a)))
+    mixed = lambda w, a: jax.grad(
+        lambda a: jax.jvp(lambda w: loss(w, a), (w,), (tangent,))[1])(a)
+    grads = _logits_and_grads(net, x, labels)
+    return lambda w, a: (grads(w, a), mixed(w, a))
+
+  got, want = _run_all([(derivatives(nets[impl]), (params, arch))
+                        for impl in ('scanned', 'stacked')])
+  (logits, (dw, da)), mixed = got
+  (want_logits, (want_dw, want_da)), want_mixed = want
+  np.testing.assert_allclose(logits, want_logits, rtol=1e-5,
+                             atol=1e-5 * np.abs(want_logits).max())
+  _assert_trees_close(dw, want_dw, 1e-4)
+  _assert_trees_close(da, want_da, 1e-4)
+  _assert_trees_close(mixed, want_mixed, 1e-4)
+  for a in jax.tree.leaves(want_mixed):  # every A[j][i, o] is reached
+    assert np.all(np.abs(a) > 0)
+
+
 # ----------------------------------------------------------------------------
 # Parameter layouts.
 # ----------------------------------------------------------------------------
@@ -214,7 +261,7 @@ def _channels_last(x):
 def test_pools_and_their_gradients_match_reduce_window(size, stride, name):
   x = np.random.default_rng(size + stride).normal(
       size=(2, 3, size, size, C)).astype(np.float32)
-  separable = {'max': batched_cell._max_pool, 'avg': batched_cell._avg_pool}
+  separable = {'max': spatial.max_pool_3x3, 'avg': spatial.avg_pool_3x3}
   window = {'max': ops_lib.max_pool_3x3, 'avg': ops_lib.avg_pool_3x3}
 
   def batched(x):
@@ -262,14 +309,14 @@ def test_factorized_reduce_matches_module(size):
 def test_unknown_cell_impl_raises():
   with pytest.raises(ValueError,
                      match="cell_impl must be one of batched, stacked, "
-                     "reference; got 'fast'"):
+                     "scanned, reference; got 'fast'"):
     models.SearchNetwork(C=C, num_classes=3, layers=3, cell_impl='fast')
 
 
 def test_auto_cell_impl_is_chosen_per_backend():
   from configs import cnn_search as cfg  # pylint: disable=g-import-not-at-top
   from sparsenas_jax.experiments import cnn_search  # pylint: disable=g-import-not-at-top
-  assert supernet.default_cell_impl('cpu') == 'stacked'
+  assert supernet.default_cell_impl('cpu') == 'scanned'
   assert supernet.default_cell_impl('gpu') == 'reference'
   assert supernet.default_cell_impl('tpu') == 'reference'
   config = cfg.get_config('digits')

@@ -102,8 +102,8 @@ def _cell_output(genotype, weight_flag, cell_type):
                                reduction=cell_type == 'reduce',
                                reduction_prev=False,
                                scale_by_arch_weights=weight_flag)
-  s = jnp.asarray(np.random.default_rng(1).normal(size=(2, 6, 6, 4)),
-                  jnp.float32)
+  s = jnp.asarray(np.random.default_rng(1).normal(size=(4, 2, 6, 6)),
+                  jnp.float32)  # [C, N, H, W]
   variables = cell.init(jax.random.key(0), s, s, False, 0.0)
   return cell.apply(variables, s, s, False, 0.0)
 
@@ -129,12 +129,12 @@ def test_nodes_that_feed_nothing_are_not_built():
 
 
 def test_drop_path_drops_whole_examples_and_keeps_the_mean():
-  x = jnp.ones((20000, 2, 2, 1))
+  x = jnp.ones((2, 20000, 2, 1))  # [C, N, H, W]
   y = eval_network.drop_path(x, jnp.float32(0.3), jax.random.key(0))
-  per_example = np.asarray(y[:, 0, 0, 0])
+  per_example = np.asarray(y[0, :, 0, 0])
   np.testing.assert_allclose(np.unique(per_example), [0, 1 / 0.7],
                              rtol=1e-6)
-  assert np.all(np.asarray(y) == per_example[:, None, None, None])
+  assert np.all(np.asarray(y) == per_example[None, :, None, None])
   assert abs((per_example == 0).mean() - 0.3) < 0.015
   assert abs(per_example.mean() - 1.0) < 0.03
 
@@ -258,3 +258,60 @@ def test_bad_network_settings_raise():
     eval_network.EvalNetwork(MIXED, C=4, num_classes=2, layers=3, stem='x')
   with pytest.raises(ValueError, match='layers=2'):
     eval_network.EvalNetwork(MIXED, C=4, num_classes=2, layers=2)
+
+
+def test_channels_first_network_computes_the_nhwc_specification():
+  # The NHWC modules (lax convolutions, grouped depthwise convs,
+  # reduce_window pools) against the channels-first ones, with one set of
+  # variables: logits, auxiliary logits, batch statistics, gradients; in
+  # training (drop path on: the same masks) and in evaluation.
+  import nhwc_eval_network  # pylint: disable=g-import-not-at-top
+  kwargs = dict(genotype=MIXED, C=4, num_classes=5, layers=3)
+  net = eval_network.EvalNetwork(**kwargs)
+  spec = nhwc_eval_network.EvalNetwork(**kwargs)
+  x = jnp.asarray(np.random.default_rng(2).normal(size=(3, 12, 12, 3)),
+                  jnp.float32)
+  variables = eval_network.init_variables(net, x[:1], seed=0)
+  assert (jax.tree.structure(variables) ==
+          jax.tree.structure(_shapes(spec, x.shape[1:])))
+
+  def train(model, params):
+    (logits, aux), updates = model.apply(
+        {'params': params, 'batch_stats': variables['batch_stats']}, x,
+        train=True, drop_prob=0.3, rngs={'dropout': jax.random.key(4)},
+        mutable=['batch_stats'])
+    loss = jnp.sum(jnp.sin(logits)) + jnp.sum(jnp.cos(aux))
+    return loss, (logits, aux, updates['batch_stats'])
+
+  results = {}
+  for name, model in (('channels_first', net), ('nhwc', spec)):
+    (_, outputs), grads = jax.jit(jax.value_and_grad(
+        lambda p, m=model: train(m, p), has_aux=True))(variables['params'])
+    logits_eval, _ = jax.jit(lambda v, m=model: m.apply(v, x, train=False))(
+        variables)
+    results[name] = (outputs, grads, logits_eval)
+  got, want = results['channels_first'], results['nhwc']
+  assert not np.allclose(want[0][0], 0)
+  # float32, other sum orders: each leaf to 1e-3 of its largest entry (in
+  # float64 the two agree to 1e-6, the float32 accumulation of the depthwise
+  # kernel gradient).
+  def close(a, b):
+    assert np.max(np.abs(a - b)) <= 1e-3 * np.max(np.abs(b)) + 1e-7
+  jax.tree.map(close, got, want)
+
+
+@pytest.mark.parametrize('kernel_size, stride', [(3, 2), (3, 1), (1, 2)])
+def test_channels_first_conv_bn_computes_the_nhwc_specification(kernel_size,
+                                                                 stride):
+  # The stems' convs (ImageNet: 3x3 stride 2) and the 1x1 preprocessing.
+  import nhwc_eval_network  # pylint: disable=g-import-not-at-top
+  x = jnp.asarray(np.random.default_rng(3).normal(size=(2, 9, 9, 3)),
+                  jnp.float32)
+  spec = nhwc_eval_network.ConvBN(6, kernel_size, stride)
+  variables = spec.init(jax.random.key(0), x, True)
+  want, _ = spec.apply(variables, x, True, mutable=['batch_stats'])
+  got, _ = eval_network.ConvBN(6, kernel_size, stride).apply(
+      variables, jnp.transpose(x, (3, 0, 1, 2)), True,
+      mutable=['batch_stats'])
+  np.testing.assert_allclose(jnp.transpose(got, (1, 2, 3, 0)), want,
+                             rtol=1e-4, atol=1e-5)

@@ -65,10 +65,10 @@ import numpy as np
 
 from sparsenas_jax import search_space
 from sparsenas_jax.models import depthwise
+from sparsenas_jax.models import spatial
 from sparsenas_jax.models.depthwise import out_size
 from sparsenas_jax.models.ops import BN_EPS
 from sparsenas_jax.models.ops import conv_init
-from sparsenas_jax.models.ops import window_counts
 
 
 def stage_edges(nodes: int) -> list[list[list[tuple[int, int]]]]:
@@ -329,8 +329,8 @@ def _pointwise(y: jax.Array, kernels: jax.Array) -> jax.Array:
     ``[L, C_out, N, H, W]``.
   """
   l, c, n, h, w = y.shape
-  out = jnp.einsum('lcm,lcd->ldm', y.reshape(l, c, n * h * w),
-                   kernels.astype(y.dtype))
+  kernels = jnp.swapaxes(kernels, 1, 2).astype(y.dtype)  # [L, C_out, C]
+  out = jnp.einsum('ldc,lcm->ldm', kernels, y.reshape(l, c, n * h * w))
   return out.reshape(l, -1, n, h, w)
 
 
@@ -358,48 +358,6 @@ def _conv_block(x: jax.Array, members: Sequence[str], packed, *,
   return _pointwise(y, packed['pointwise'])
 
 
-def _even_odd(x: jax.Array) -> jax.Array:
-  """The pixels FactorizedReduce's two 1x1 stride-2 convs read.
-
-  Args:
-    x: ``[..., H, W]``.
-
-  Returns:
-    ``[2, ..., ceil(H/2), ceil(W/2)]``: the even pixels, and the odd ones
-    (zero past the edge when H or W is odd).
-  """
-  h, w = x.shape[-2:]
-  odd = jnp.pad(x[..., 1:, 1:],
-                ((0, 0),) * (x.ndim - 2) + ((0, h % 2), (0, w % 2)))
-  return jnp.stack([x[..., ::2, ::2], odd[..., ::2, ::2]])
-
-
-def _pool_1d(x: jax.Array, axis: int, stride: int, reduce, fill) -> jax.Array:
-  """A 3-wide window of ``reduce`` along ``axis``, padding 1 with ``fill``."""
-  out = out_size(x.shape[axis], stride)
-  pads = [(0, 0)] * x.ndim
-  pads[axis] = (1, 1)
-  xp = jnp.pad(x, pads, constant_values=fill)
-  taps = [lax.slice_in_dim(xp, d, d + (out - 1) * stride + 1, stride, axis)
-          for d in range(3)]
-  return reduce(reduce(taps[0], taps[1]), taps[2])
-
-
-def _max_pool(x: jax.Array, stride: int) -> jax.Array:
-  """``ops.max_pool_3x3`` over the last two axes of ``[..., H, W]``."""
-  rows = _pool_1d(x, x.ndim - 2, stride, lax.max, -np.inf)
-  return _pool_1d(rows, x.ndim - 1, stride, lax.max, -np.inf)
-
-
-def _avg_pool(x: jax.Array, stride: int) -> jax.Array:
-  """``ops.avg_pool_3x3`` (padding not counted) over ``[..., H, W]``."""
-  h, w = x.shape[-2:]
-  rows = _pool_1d(x, x.ndim - 2, stride, lax.add, 0)
-  total = _pool_1d(rows, x.ndim - 1, stride, lax.add, 0)
-  counts = np.outer(window_counts(h, stride), window_counts(w, stride))
-  return total * jnp.asarray(1 / counts, x.dtype)
-
-
 def _factorized_reduce(x: jax.Array, kernels: jax.Array) -> jax.Array:
   """FactorizedReduce on every edge of a stage, before batch norm.
 
@@ -412,7 +370,7 @@ def _factorized_reduce(x: jax.Array, kernels: jax.Array) -> jax.Array:
   """
   s, c, n, _, _ = x.shape
   t = kernels.shape[2]
-  z = _even_odd(nn.relu(x))
+  z = spatial.even_odd(nn.relu(x))
   ho, wo = z.shape[-2:]
   z = z.reshape(2, s, c, n * ho * wo)
   # Output channels: kernel_0's, then kernel_1's (FactorizedReduce's concat).
@@ -436,12 +394,14 @@ def preprocess(s0: jax.Array, s1: jax.Array, p0, p1, *,
     ``[2, C, N, H, W]``: preprocessed s0 and s1, channels first.
   """
   def conv_1x1(x, kernel):  # [C_in, N, H, W] -> [C, N, H, W]
-    return jnp.einsum('cnhw,cd->dnhw', x, kernel[0, 0].astype(x.dtype))
+    c, n, h, w = x.shape
+    out = jnp.dot(kernel[0, 0].T.astype(x.dtype), x.reshape(c, n * h * w))
+    return out.reshape(-1, n, h, w)
 
   s0 = jnp.transpose(nn.relu(s0), (3, 0, 1, 2))
   s1 = jnp.transpose(nn.relu(s1), (3, 0, 1, 2))
   if reduction_prev:
-    even, odd = _even_odd(s0)
+    even, odd = spatial.even_odd(s0)
     y0 = jnp.concatenate([conv_1x1(even, p0['kernel_0']),
                           conv_1x1(odd, p0['kernel_1'])])
   else:
@@ -479,7 +439,8 @@ def stage(x: jax.Array, weights: jax.Array, packed, *, stride: int,
   sep = [op for op in members if search_space.CONV_OPS[op].blocks == 2]
   factorized = 'skip_connect' in ops and stride == 2
 
-  pre_bn = [(_max_pool if op == 'max_pool_3x3' else _avg_pool)(x, stride)
+  pre_bn = [(spatial.max_pool_3x3 if op == 'max_pool_3x3'
+            else spatial.avg_pool_3x3)(x, stride)
             for op in pools]
   if factorized:
     pre_bn.append(_factorized_reduce(x, packed['factorized_reduce']))
@@ -522,9 +483,51 @@ def stage(x: jax.Array, weights: jax.Array, packed, *, stride: int,
   return sum(terms[1:], terms[0]).reshape(t_count, c, n, ho, wo)
 
 
+def _scanned_nodes(x, rows_of, stage_params, apply, *, reduction: bool,
+                   nodes: int) -> jax.Array:
+  """``cell_nodes`` with stages 1, ..., nodes - 1 as one ``lax.scan``.
+
+  Stage 0 (the edges from the cell's inputs) is computed as in
+  ``cell_nodes``. The scan then runs over intermediate nodes 0, ...,
+  nodes - 2 as sources; its body is one source's edges to nodes 1, ...,
+  nodes - 1: stage k's ``nodes - k`` edges behind ``k - 1`` zero edges (zero
+  arch rows and zero kernels, whose outputs are zeros). XLA compiles that
+  body once per cell instead of ``nodes - 1`` stage programs, for
+  ``(nodes - 1)(nodes - 2) / 2`` zero edges of arithmetic per cell.
+  """
+  all_edges = stage_edges(nodes)
+  t = nodes - 1
+
+  def padded(tree, missing):  # zero edges in front of the leading axis
+    return jax.tree.map(
+        lambda a: jnp.pad(a, ((missing, 0),) + ((0, 0),) * (a.ndim - 1)),
+        tree)
+
+  partial = apply(x, rows_of(all_edges[0]), stage_params[0],
+                  2 if reduction else 1)
+  rows = jnp.stack([padded(rows_of(all_edges[k])[0], k - 1)[None]
+                    for k in range(1, nodes)])  # [t, 1, t, ops]
+  params = stack_edge_params([padded(stage_params[k], k - 1)
+                              for k in range(1, nodes)])
+
+  def body(carry, xs):
+    source, later = carry  # node k - 1; the partial sums of nodes 1, ...
+    k, rows, params = xs
+    later = later + apply(source[None], rows, params)
+    node = lax.dynamic_index_in_dim(later, k - 1, keepdims=False)
+    return (node, later), node
+
+  _, nodes_after = lax.scan(body, (partial[0], partial[1:]),
+                            (jnp.arange(1, nodes), rows, params))
+  outputs = jnp.concatenate([partial[:1], nodes_after])
+  outputs = outputs.reshape((-1,) + outputs.shape[2:])
+  return jnp.transpose(outputs, (1, 2, 3, 0))
+
+
 def cell_nodes(x: jax.Array, weights: Mapping[str, jax.Array],
                stage_params: Sequence[Mapping[str, Any]], *, reduction: bool,
-               nodes: int, ops: Sequence[str]) -> jax.Array:
+               nodes: int, ops: Sequence[str], scan: bool = False
+               ) -> jax.Array:
   """The intermediate nodes of a search cell, computed stage by stage.
 
   Args:
@@ -535,6 +538,9 @@ def cell_nodes(x: jax.Array, weights: Mapping[str, jax.Array],
     reduction: whether the edges from the inputs have stride 2.
     nodes: intermediate nodes.
     ops: op names.
+    scan: compute stages 1, ..., nodes - 1 (the edges leaving intermediate
+      nodes) as one ``lax.scan`` (``_scanned_nodes``): a smaller program,
+      the same function up to the order of sums.
 
   Returns:
     ``[N, H', W', nodes * C]``, the nodes concatenated, as ``SearchCell``.
@@ -543,16 +549,27 @@ def cell_nodes(x: jax.Array, weights: Mapping[str, jax.Array],
     Wu et al. 2021, Eq. 1.
   """
   ops = tuple(ops)
+  all_edges = stage_edges(nodes)
+
+  def rows_of(edges):  # [S, T, len(ops)]
+    return jnp.stack([jnp.stack([weights[f'node_{j}'][i] for i, j in row])
+                      for row in edges])
+
+  def apply(source, rows, params, stride=1):
+    packed = pack_stage_params(params, ops=ops, stride=stride,
+                               num_sources=rows.shape[0])
+    return stage(source, rows, packed, stride=stride, ops=ops)
+
+  if scan and nodes > 2:
+    return _scanned_nodes(x, rows_of, stage_params, apply,
+                          reduction=reduction, nodes=nodes)
+
   outputs = []
   partial = None  # [nodes not yet complete, C, N, H', W']
-  for k, (edges, params) in enumerate(zip(stage_edges(nodes), stage_params)):
-    rows = jnp.stack([jnp.stack([weights[f'node_{j}'][i] for i, j in row])
-                      for row in edges])
+  for k, (edges, params) in enumerate(zip(all_edges, stage_params)):
     stride = 2 if reduction and k == 0 else 1
-    packed = pack_stage_params(params, ops=ops, stride=stride,
-                               num_sources=len(edges))
-    out = stage(x if k == 0 else outputs[-1][None], rows, packed,
-                stride=stride, ops=ops)
+    out = apply(x if k == 0 else outputs[-1][None], rows_of(edges), params,
+                stride)
     partial = out if partial is None else partial + out
     outputs.append(partial[0])
     partial = partial[1:]

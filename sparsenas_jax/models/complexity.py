@@ -87,10 +87,10 @@ def _op_params(op: str, channels: int, stride: int) -> int:
   """Learned parameters of ``EvalOp(op, channels, stride)`` (BN affine
   scale and offset included, running statistics not)."""
   module = eval_network.EvalOp(op, channels, stride)
-  x = jax.ShapeDtypeStruct((1, 8, 8, channels), jnp.float32)
+  x = jax.ShapeDtypeStruct((channels, 1, 8, 8), jnp.float32)  # [C, N, H, W]
   try:
     variables = jax.eval_shape(
-        lambda: module.init(jax.random.key(0), x, train=False))
+        lambda x: module.init(jax.random.key(0), x, train=False), x)
   except ValueError as e:
     raise ValueError(f'genotype_stats: {e}') from None
   return count_params(variables.get('params', {}))

@@ -31,6 +31,15 @@ Unit weights are also what DARTS does with its derived cells. With the flag
 on, each op's output is multiplied by its weight from the genotype (sign
 included).
 
+Layout. Inputs are images ``[N, H, W, C]`` and outputs logits, as for every
+other model here; inside, feature maps are channels first, ``[C, N, H, W]``
+(the modules below take and return that layout). Batch norm then reduces
+over contiguous minor axes, 1x1 convs are one matmul ``[C_out, C] x
+[C, N H W]``, and the depthwise convolutions (``models.depthwise``, the
+per-backend primitive the search cell uses) and the separable pools
+(``models.spatial``) read the maps as they are, without a transpose around
+each op. Parameter shapes and names are the NHWC modules' (kernels HWIO).
+
 Auxiliary head (training only, at 2/3 depth): ReLU, average pool (window 5,
 stride 3 on CIFAR and 2 on ImageNet, valid padding; the window shrinks to
 the feature map for small inputs), 1x1 conv to 128, BN, ReLU, a conv whose
@@ -57,13 +66,11 @@ from jax import lax
 
 from sparsenas_jax import genotype as genotype_lib
 from sparsenas_jax import search_space
+from sparsenas_jax.models import depthwise
 from sparsenas_jax.models import initialization
-from sparsenas_jax.models.ops import avg_pool_3x3
+from sparsenas_jax.models import spatial
 from sparsenas_jax.models.ops import BN_EPS
-from sparsenas_jax.models.ops import conv2d
 from sparsenas_jax.models.ops import conv_init
-from sparsenas_jax.models.ops import depthwise_conv2d
-from sparsenas_jax.models.ops import max_pool_3x3
 from sparsenas_jax.models.supernet import count_params
 
 STEMS = ('cifar', 'imagenet')
@@ -71,13 +78,36 @@ AUX_HEAD = 'aux_head'
 
 
 def _bn(train: bool, name: Optional[str] = None) -> nn.BatchNorm:
-  """Affine BN with running statistics (PyTorch's BatchNorm2d defaults)."""
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9,
+  """Affine BN of ``[C, ...]`` maps with running statistics (PyTorch's
+  BatchNorm2d defaults)."""
+  return nn.BatchNorm(use_running_average=not train, axis=0, momentum=0.9,
                       epsilon=BN_EPS, name=name)
 
 
 def _kernel(module: nn.Module, name: str, shape) -> jax.Array:
   return module.param(name, conv_init, shape)
+
+
+def _conv_1x1(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """``[C, N, H, W]`` times a ``[1, 1, C, D]`` kernel: ``[D, N, H, W]``.
+
+  One matmul ``[D, C] x [C, N H W]`` (XLA:CPU runs it about twice as fast
+  as the same contraction with the kernel second).
+  """
+  c, n, h, w = x.shape
+  out = jnp.dot(kernel[0, 0].T.astype(x.dtype), x.reshape(c, n * h * w))
+  return out.reshape(-1, n, h, w)
+
+
+def _conv(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+  """A same-padded conv of ``[C, N, H, W]`` with an HWIO kernel (stems)."""
+  k = kernel.shape[0]
+  if k == 1:
+    return _conv_1x1(x[:, :, ::stride, ::stride], kernel)
+  pad = (k - 1) // 2
+  return lax.conv_general_dilated(
+      x, kernel.astype(x.dtype), (stride, stride), ((pad, pad), (pad, pad)),
+      dimension_numbers=('CNHW', 'HWIO', 'CNHW'))
 
 
 class ConvBN(nn.Module):
@@ -97,9 +127,9 @@ class ConvBN(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     k = self.kernel_size
-    kernel = _kernel(self, 'kernel', (k, k, x.shape[-1], self.channels))
+    kernel = _kernel(self, 'kernel', (k, k, x.shape[0], self.channels))
     x = nn.relu(x) if self.relu else x
-    return _bn(train)(conv2d(x, kernel, stride=self.stride))
+    return _bn(train)(_conv(x, kernel, self.stride))
 
 
 class DepthwiseSeparable(nn.Module):
@@ -114,12 +144,12 @@ class DepthwiseSeparable(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    k, c = self.kernel_size, x.shape[-1]
-    depthwise = _kernel(self, 'depthwise', (k, k, 1, c))
+    k, c = self.kernel_size, x.shape[0]
+    kernel = _kernel(self, 'depthwise', (k, k, 1, c))
     pointwise = _kernel(self, 'pointwise', (1, 1, c, self.channels))
-    x = depthwise_conv2d(nn.relu(x), depthwise, stride=self.stride,
-                         dilation=self.dilation)
-    return _bn(train)(conv2d(x, pointwise))
+    x = depthwise.conv(nn.relu(x)[None], kernel[:, :, 0][None].astype(x.dtype),
+                       self.stride, self.dilation)[0]
+    return _bn(train)(_conv_1x1(x, pointwise))
 
 
 class FactorizedReduce(nn.Module):
@@ -132,14 +162,11 @@ class FactorizedReduce(nn.Module):
     if self.channels % 2:
       raise ValueError(f'FactorizedReduce needs an even channel count; got '
                        f'{self.channels}.')
-    c, half = x.shape[-1], self.channels // 2
+    c, half = x.shape[0], self.channels // 2
     k0 = _kernel(self, 'kernel_0', (1, 1, c, half))
     k1 = _kernel(self, 'kernel_1', (1, 1, c, half))
-    x = nn.relu(x)
-    shifted = jnp.pad(x[:, 1:, 1:, :], ((0, 0), (0, x.shape[1] % 2),
-                                        (0, x.shape[2] % 2), (0, 0)))
-    out = jnp.concatenate([conv2d(x, k0, stride=2),
-                           conv2d(shifted, k1, stride=2)], axis=-1)
+    even, odd = spatial.even_odd(nn.relu(x))
+    out = jnp.concatenate([_conv_1x1(even, k0), _conv_1x1(odd, k1)])
     return _bn(train)(out)
 
 
@@ -163,16 +190,16 @@ class EvalOp(nn.Module):
   def __call__(self, x, train: bool):
     op, c, s = self.op, self.channels, self.stride
     if op == 'max_pool_3x3':
-      return max_pool_3x3(x, s)
+      return spatial.max_pool_3x3(x, s)
     if op == 'avg_pool_3x3':
-      return avg_pool_3x3(x, s)
+      return spatial.avg_pool_3x3(x, s)
     if op == 'skip_connect':
       return x if s == 1 else FactorizedReduce(c, name='reduce')(x, train)
     if op not in search_space.CONV_OPS:
       raise ValueError(f'EvalOp: unknown op {op!r}.')
     k, dilation, blocks = search_space.CONV_OPS[op]
     if blocks == 2:  # sep_conv: the first block keeps the input channels
-      x = DepthwiseSeparable(x.shape[-1], k, s, dilation,
+      x = DepthwiseSeparable(x.shape[0], k, s, dilation,
                              name='block_0')(x, train)
       return DepthwiseSeparable(c, k, 1, dilation, name='block_1')(x, train)
     return DepthwiseSeparable(c, k, s, dilation, name='block_0')(x, train)
@@ -196,11 +223,12 @@ def drop_path(x: jax.Array, drop_prob: jax.Array, key: jax.Array
               ) -> jax.Array:
   """Zeroes whole examples with probability ``drop_prob``, rescales the rest.
 
-  As DARTS's ``drop_path``: a Bernoulli(1 - p) mask per example, then
-  division by 1 - p so that the expectation is unchanged.
+  As DARTS's ``drop_path``: a Bernoulli(1 - p) mask per example (axis 1 of
+  ``[C, N, H, W]``), then division by 1 - p so that the expectation is
+  unchanged.
   """
   keep = 1.0 - drop_prob
-  mask = jax.random.bernoulli(key, keep, (x.shape[0], 1, 1, 1))
+  mask = jax.random.bernoulli(key, keep, (1, x.shape[1], 1, 1))
   return jnp.where(mask, x / keep.astype(x.dtype), jnp.zeros((), x.dtype))
 
 
@@ -247,7 +275,7 @@ class EvalCell(nn.Module):
           h = h * jnp.asarray(weight, h.dtype)
         total = h if total is None else total + h
       states[node.index] = total
-    return jnp.concatenate([states[i] for i in self.concat], axis=-1)
+    return jnp.concatenate([states[i] for i in self.concat])
 
 
 class AuxiliaryHead(nn.Module):
@@ -259,18 +287,20 @@ class AuxiliaryHead(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     x = nn.relu(x)
-    window = min(5, x.shape[1]), min(5, x.shape[2])
-    x = nn.avg_pool(x, window, (self.stride, self.stride), 'VALID')
+    window = min(5, x.shape[2]), min(5, x.shape[3])
+    x = lax.reduce_window(x, 0.0, lax.add, (1, 1) + window,
+                          (1, 1, self.stride, self.stride), 'VALID')
+    x = x / (window[0] * window[1])
     x = ConvBN(128, 1, relu=False, name='conv_0')(x, train)
     x = nn.relu(x)
-    kernel = _kernel(self, 'conv_1', x.shape[1:3] + (128, 768))
-    x = lax.conv_general_dilated(x, kernel.astype(x.dtype), (1, 1), 'VALID',
-                                 dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    kernel = _kernel(self, 'conv_1', x.shape[2:4] + (128, 768))
+    x = jnp.einsum('cnhw,hwcd->nd', x, kernel.astype(x.dtype))  # [N, 768]
     if self.second_bn:
-      x = _bn(train, name='bn_1')(x)
+      x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
+                       epsilon=BN_EPS, name='bn_1')(x)
     x = nn.relu(x)
     return nn.Dense(self.num_classes, kernel_init=conv_init,
-                    name='classifier')(x.reshape(x.shape[0], -1))
+                    name='classifier')(x)
 
 
 class EvalNetwork(nn.Module):
@@ -318,6 +348,7 @@ class EvalNetwork(nn.Module):
     """Returns ``(logits, aux_logits)``; aux is None unless training with
     ``auxiliary``."""
     c = self.C
+    x = jnp.transpose(x, (3, 0, 1, 2))  # [C, N, H, W] (module docstring)
     if self.stem == 'cifar':
       s0 = s1 = ConvBN(3 * c, 3, relu=False, name='stem')(x, train)
       reduction_prev = False
@@ -341,7 +372,7 @@ class EvalNetwork(nn.Module):
         imagenet = self.stem == 'imagenet'
         aux = AuxiliaryHead(self.num_classes, 2 if imagenet else 3,
                             second_bn=not imagenet, name=AUX_HEAD)(s1, train)
-    out = jnp.mean(s1, axis=(1, 2))
+    out = jnp.mean(s1, axis=(2, 3)).T
     logits = nn.Dense(self.num_classes, kernel_init=conv_init,
                       name='classifier')(out)
     return logits, aux

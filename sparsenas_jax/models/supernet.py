@@ -50,22 +50,24 @@ from sparsenas_jax.models.ops import ReLUConvBN
 
 # SearchNetwork.cell_impl: 'batched' (BatchedSearchCell, SearchCell's
 # params), 'stacked' (BatchedSearchCell, params stacked per stage),
+# 'scanned' ('stacked' with the intermediate nodes' stages as one lax.scan),
 # 'reference' (SearchCell).
-CELL_IMPLS = ('batched', 'stacked', 'reference')
+CELL_IMPLS = ('batched', 'stacked', 'scanned', 'reference')
 
 
 def default_cell_impl(backend: Optional[str] = None) -> str:
   """The cell formulation ``cell_impl='auto'`` picks for ``backend``.
 
-  ``'stacked'`` on XLA:CPU, ``'reference'`` on every other backend.
+  ``'scanned'`` on XLA:CPU, ``'reference'`` on every other backend.
 
   Both compute the same function with the same depthwise primitives
   (``models.depthwise``, which lower per backend). On XLA:CPU the batched
   cell applies each kind of op once per node stage instead of once per
-  edge, and the stacked layout holds each parameter of a stage's edges in
-  one leaf: fewer XLA ops and leaves to compile. With jaxlib 0.11.2,
-  XLA:GPU's Triton GEMM tiling pass failed a check on the stacked and
-  batched cells at the DARTS size (docs/performance.md), hence the
+  edge, the stacked layout holds each parameter of a stage's edges in one
+  leaf, and the scan compiles the stages of the edges leaving intermediate
+  nodes as one body: fewer XLA ops and leaves to compile. With jaxlib
+  0.11.2, XLA:GPU's Triton GEMM tiling pass failed a check on the stacked
+  and batched cells at the DARTS size (docs/performance.md), hence the
   straightforward cell there.
 
   Args:
@@ -76,7 +78,7 @@ def default_cell_impl(backend: Optional[str] = None) -> str:
     A name from ``CELL_IMPLS``.
   """
   backend = backend or jax.default_backend()
-  return 'stacked' if backend == 'cpu' else 'reference'
+  return 'scanned' if backend == 'cpu' else 'reference'
 
 
 def init_arch(rng: jax.Array, *, nodes: int = 4,
@@ -286,6 +288,8 @@ class BatchedSearchCell(nn.Module):
     nodes: intermediate nodes.
     ops: op names.
     stacked_params: the per-stage parameter layout instead of per-edge.
+    scan: the stages of the edges leaving intermediate nodes as one
+      ``lax.scan`` (``batched_cell.cell_nodes``).
   """
   channels: int
   reduction: bool = False
@@ -293,6 +297,7 @@ class BatchedSearchCell(nn.Module):
   nodes: int = 4
   ops: Sequence[str] = search_space.DARTS_OPS
   stacked_params: bool = False
+  scan: bool = False
 
   @nn.compact
   def __call__(self, s0, s1, weights):
@@ -319,7 +324,7 @@ class BatchedSearchCell(nn.Module):
             for row in edges for i, j in row]))
     return batched_cell.cell_nodes(x, weights, stage_params,
                                    reduction=self.reduction, nodes=self.nodes,
-                                   ops=self.ops)
+                                   ops=self.ops, scan=self.scan)
 
 
 class SearchNetwork(nn.Module):
@@ -348,7 +353,9 @@ class SearchNetwork(nn.Module):
       function and params as ``'reference'``, much faster to compile),
       ``'stacked'`` (``BatchedSearchCell`` with the params of each stage's
       edges stacked: fewer leaves; ``reference_to_stacked_params``
-      converts) or ``'reference'`` (``SearchCell``, one ``MixedOp`` per
+      converts), ``'scanned'`` (``'stacked'``'s params and function, the
+      stages of the edges leaving intermediate nodes as one ``lax.scan``
+      per cell: a smaller program) or ``'reference'`` (``SearchCell``, one ``MixedOp`` per
       edge). ``default_cell_impl`` is the choice per backend that the jobs'
       ``cell_impl='auto'`` makes.
     remat: rematerialise each cell in the backward pass (``nn.remat``):
@@ -420,8 +427,8 @@ class SearchNetwork(nn.Module):
         cell_class = (nn.remat(BatchedSearchCell) if self.remat
                       else BatchedSearchCell)
         cell = cell_class(c, reduction, reduction_prev, self.nodes, self.ops,
-                          self.cell_impl == 'stacked',
-                          name=f'cell_{layer}')
+                          self.cell_impl in ('stacked', 'scanned'),
+                          self.cell_impl == 'scanned', name=f'cell_{layer}')
       cell_type = search_space.CELL_TYPES[int(reduction)]
       s0, s1 = s1, cell(s0, s1, arch[cell_type])
       reduction_prev = reduction
