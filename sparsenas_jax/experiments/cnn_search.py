@@ -252,14 +252,15 @@ def make_search_step(config, model, weight_opt, arch_opt, total_steps,
 
   def weight_update(state, arch, arch_opt_state, g_w, loss, accuracy,
                     arch_val_loss, arch_grad):
-    weights, weight_opt_state, flat_g_w, flat_weights = common.flat_apply(
-        weight_opt, g_w, state.weight_opt_state, state.weights)
+    updates, weight_opt_state = weight_opt.update(
+        g_w, state.weight_opt_state, state.weights)
+    weights = optax.apply_updates(state.weights, updates)
     metrics = {'train_loss': loss, 'train_accuracy': accuracy,
                'arch_val_loss': arch_val_loss,
                divergence.KEY: divergence.finite_flags(
                    train_loss=loss, arch_val_loss=arch_val_loss,
-                   weight_gradient=flat_g_w, arch_gradient=arch_grad,
-                   weights=flat_weights, arch=arch)}
+                   weight_gradient=g_w, arch_gradient=arch_grad,
+                   weights=weights, arch=arch)}
     return SearchState(state.step + 1, weights, arch, weight_opt_state,
                        arch_opt_state), metrics
 

@@ -5,7 +5,6 @@ HAPG or DARTS's Adam) and the architecture they read."""
 from __future__ import annotations
 
 import jax
-import jax.flatten_util
 import jax.numpy as jnp
 import optax
 
@@ -44,39 +43,6 @@ def darts_sgd(learning_rate, *, grad_clip: float, weight_decay: float,
       optim.clip_by_global_norm(grad_clip),
       optax.add_decayed_weights(weight_decay),
       optax.sgd(learning_rate, momentum=momentum))
-
-
-def flat_apply(opt: optax.GradientTransformation, grads, opt_state, params):
-  """``opt.update`` then ``optax.apply_updates``, on raveled trees.
-
-  ``grads``, ``params`` and every subtree of ``opt_state`` with the
-  structure of ``params`` (momentum traces, moments) are raveled into one
-  vector each, the update runs on those (an elementwise optimizer computes
-  the same numbers), and the results are unraveled. One fusion instead of
-  one per leaf: a supernet's hundreds of leaves make the per-leaf update a
-  large program to compile. ``opt_state`` keeps its layout.
-
-  Returns:
-    ``(new_params, new_opt_state, flat_grads, flat_new_params)``.
-  """
-  treedef = jax.tree.structure(params)
-  shapes = [jnp.shape(leaf) for leaf in jax.tree.leaves(params)]
-
-  def like_params(node):
-    return (jax.tree.structure(node) == treedef and
-            [jnp.shape(leaf) for leaf in jax.tree.leaves(node)] == shapes)
-
-  ravel = lambda tree: jax.flatten_util.ravel_pytree(tree)[0]
-  flat_params, unravel = jax.flatten_util.ravel_pytree(params)
-  flat_grads = ravel(grads)
-  flat_state = jax.tree.map(lambda n: ravel(n) if like_params(n) else n,
-                            opt_state, is_leaf=like_params)
-  updates, flat_state = opt.update(flat_grads, flat_state, flat_params)
-  new_flat = optax.apply_updates(flat_params, updates)
-  opt_state = jax.tree.map(
-      lambda old, new: unravel(new) if like_params(old) else new, opt_state,
-      flat_state, is_leaf=like_params)
-  return unravel(new_flat), opt_state, flat_grads, new_flat
 
 
 ARCH_OPTIMIZERS = ('adam_hapg', 'hapg', 'adam')
