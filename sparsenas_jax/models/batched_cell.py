@@ -496,7 +496,6 @@ def _scanned_nodes(x, rows_of, stage_params, apply, *, reduction: bool,
   ``(nodes - 1)(nodes - 2) / 2`` zero edges of arithmetic per cell.
   """
   all_edges = stage_edges(nodes)
-  t = nodes - 1
 
   def padded(tree, missing):  # zero edges in front of the leading axis
     return jax.tree.map(
@@ -506,7 +505,7 @@ def _scanned_nodes(x, rows_of, stage_params, apply, *, reduction: bool,
   partial = apply(x, rows_of(all_edges[0]), stage_params[0],
                   2 if reduction else 1)
   rows = jnp.stack([padded(rows_of(all_edges[k])[0], k - 1)[None]
-                    for k in range(1, nodes)])  # [t, 1, t, ops]
+                    for k in range(1, nodes)])  # [n - 1, 1, n - 1, ops]
   params = stack_edge_params([padded(stage_params[k], k - 1)
                               for k in range(1, nodes)])
 

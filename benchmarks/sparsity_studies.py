@@ -1,0 +1,150 @@
+"""The paper's λ-step and α studies (Fig. 4, Table 4) on DIGITS; one JSON.
+
+  python benchmarks/sparsity_studies.py --workdir=/tmp/studies
+  python benchmarks/sparsity_studies.py --workdir=/tmp/studies --seeds=0,1,2 \
+      --lambda_steps=0.025,0.05,0.075 --l1_ratios=0.3,0.5,0.7 --retrain_seeds=0
+
+Runs two ``cnn_sweep`` jobs of ``configs/cnn_search.py:digits_sweep`` (each
+one vmapped program over its grid; a rerun resumes or reuses them):
+
+* ``lambda_steps/``: seeds × λ steps (α 0.5): Fig. 4, validation accuracy
+  during the search, with ops kept and live nodes per epoch;
+* ``l1_ratios/``: seeds × α (the variant's λ step): Table 4's sparsity.
+
+Then trains the derived cells of the α sweep's members with a seed in
+``--retrain_seeds`` from scratch (``configs/cnn_train.py:digits``, under
+``l1_ratios_train/member_<k>/``), and DARTS V2 in the same setting, and
+prints one JSON object: per grid point the mean ± std over seeds of the
+final supernet test accuracy, ops kept and live nodes, per retrained cell
+its test error and parameters. ``--figure`` (default
+``docs/figures/digits_lambda_steps.png``) gets the Fig. 4 curves, mean ±
+std over seeds per λ step. Never part of the tests.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _main(args, workdir, log):
+  """Runs ``sparsenas_jax.main`` with ``args`` into ``workdir``."""
+  os.makedirs(workdir, exist_ok=True)
+  with open(log, 'w') as f:
+    proc = subprocess.run(
+        [sys.executable, '-m', 'sparsenas_jax.main', f'--workdir={workdir}',
+         *args], cwd=REPO, stdout=f, stderr=subprocess.STDOUT)
+  if proc.returncode:
+    sys.exit(f'{" ".join(args)} failed (exit {proc.returncode}); see {log}')
+
+
+def sweep(workdir, name, field, values, seeds):
+  """The sweep of ``field`` × seeds; its ``sweep_results.json``."""
+  out = os.path.join(workdir, name)
+  results = os.path.join(out, 'sweep_results.json')
+  if not os.path.exists(results):
+    _main(['--config=configs/cnn_search.py:digits_sweep',
+           f'--config.sweep.seed={seeds}', f'--config.sweep.{field}={values}'],
+          out, os.path.join(workdir, f'{name}.log'))
+  with open(results) as f:
+    return json.load(f), out
+
+
+def train(workdir, genotype, log):
+  """``cnn_train.py:digits`` of ``genotype``; its ``results.json``."""
+  results = os.path.join(workdir, 'results.json')
+  if not os.path.exists(results):
+    _main(['--config=configs/cnn_train.py:digits',
+           f'--config.genotype={genotype}'], workdir, log)
+  with open(results) as f:
+    return json.load(f)
+
+
+def _member_curves(out, k):
+  with open(os.path.join(out, f'member_{k}', 'search_results.json')) as f:
+    return json.load(f)['curves']
+
+
+def figure(results, out, path):
+  """Fig. 4: per λ step, mean ± std over seeds of the curves per epoch."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  panels = (('test_accuracy', 'supernet test accuracy'),
+            ('ops_nonzero', 'non-zero ops (of both cells)'),
+            ('nodes_live', 'live nodes (of both cells)'))
+  fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+  for group in results['over_seeds']:
+    step = group['settings']['lambda_step']
+    members = [k for k, m in enumerate(results['members'])
+               if m['settings']['lambda_step'] == step]
+    curves = [_member_curves(out, k) for k in members]
+    for ax, (key, title) in zip(axes, panels):
+      values = np.array([c[key] for c in curves], dtype=float)
+      epochs = np.arange(1, values.shape[1] + 1)
+      mean, std = values.mean(0), values.std(0)
+      ax.plot(epochs, mean, label=f'λ step {step:g}')
+      ax.fill_between(epochs, mean - std, mean + std, alpha=0.2)
+      ax.set_title(title)
+      ax.set_xlabel('epoch')
+  axes[0].legend()
+  fig.suptitle(f'DIGITS search, seeds {group["seeds"]}: mean ± std')
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  fig.savefig(path, dpi=110)
+
+
+def _table(results):
+  return [{'settings': g['settings'], 'seeds': g['seeds'],
+           **{k: g[k] for k in ('test_accuracy', 'ops_kept', 'nodes_live')}}
+          for g in results['over_seeds']]
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--workdir', required=True)
+  parser.add_argument('--seeds', default='0,1,2')
+  parser.add_argument('--lambda_steps', default='0.025,0.05,0.075')
+  parser.add_argument('--l1_ratios', default='0.3,0.5,0.7')
+  parser.add_argument('--retrain_seeds', default='0')
+  parser.add_argument('--figure', default=os.path.join(
+      REPO, 'docs', 'figures', 'digits_lambda_steps.png'))
+  args = parser.parse_args()
+  sys.path.insert(0, REPO)
+
+  lam, lam_dir = sweep(args.workdir, 'lambda_steps', 'lambda_step',
+                       args.lambda_steps, args.seeds)
+  figure(lam, lam_dir, args.figure)
+  alpha, alpha_dir = sweep(args.workdir, 'l1_ratios', 'l1_ratio',
+                           args.l1_ratios, args.seeds)
+  retrain_seeds = {int(s) for s in args.retrain_seeds.split(',') if s}
+  trained = []
+  for k, member in enumerate(alpha['members']):
+    if member['settings']['seed'] not in retrain_seeds:
+      continue
+    name = f'member_{k}'
+    r = train(os.path.join(args.workdir, 'l1_ratios_train', name),
+              os.path.join(alpha_dir, name, 'genotype.json'),
+              os.path.join(args.workdir, f'l1_ratios_train_{name}.log'))
+    trained.append({'settings': member['settings'],
+                    'counts': member['counts'],
+                    'search_test_accuracy': member['test_accuracy'],
+                    'test_error': r['test_error'], 'params': r.get('params')})
+  darts = train(os.path.join(args.workdir, 'darts_v2_train'), 'darts_v2',
+                os.path.join(args.workdir, 'darts_v2_train.log'))
+  print(json.dumps({
+      'lambda_steps': _table(lam), 'lambda_steps_wall_s': lam.get('wall_s'),
+      'l1_ratios': _table(alpha), 'l1_ratios_wall_s': alpha.get('wall_s'),
+      'retrained': trained,
+      'darts_v2': {'test_error': darts['test_error'],
+                   'params': darts.get('params')},
+      'figure': args.figure}, indent=1))
+
+
+if __name__ == '__main__':
+  main()
