@@ -92,6 +92,9 @@ def figure(results, out, path):
       ax.fill_between(epochs, mean - std, mean + std, alpha=0.2)
       ax.set_title(title)
       ax.set_xlabel('epoch')
+  totals = results['members'][0]['counts']
+  axes[1].set_ylim(0, totals['ops_total'] + 1)
+  axes[2].set_ylim(0, totals['nodes_total'] + 0.2)
   axes[0].legend()
   fig.suptitle(f'DIGITS search, seeds {group["seeds"]}: mean ± std')
   fig.tight_layout()
