@@ -26,7 +26,6 @@ from sparsenas_jax.models.ops import conv2d
 from sparsenas_jax.models.ops import conv_init
 from sparsenas_jax.models.ops import max_pool_3x3
 
-STEMS = ('cifar', 'imagenet')
 AUX_HEAD = 'aux_head'
 
 
@@ -242,18 +241,6 @@ class EvalNetwork(nn.Module):
   stem: str = 'cifar'
   scale_by_arch_weights: bool = False
   drop_path: bool = True
-
-  def __post_init__(self):
-    if self.stem not in STEMS:
-      raise ValueError(f'EvalNetwork: stem must be one of {STEMS}; got '
-                       f'{self.stem!r}.')
-    if self.layers < 3:
-      raise ValueError(f'EvalNetwork: layers={self.layers}; use >= 3 (two '
-                       'reduction cells and a normal cell).')
-    if self.C < 2 or self.C % 2:
-      raise ValueError(f'EvalNetwork: C={self.C}; use an even number >= 2 '
-                       '(factorized reduce halves it).')
-    super().__post_init__()
 
   @property
   def reduction_layers(self) -> tuple[int, int]:
