@@ -118,7 +118,6 @@ def main():
   parser.add_argument('--figure', default=os.path.join(
       REPO, 'docs', 'figures', 'digits_lambda_steps.png'))
   args = parser.parse_args()
-  sys.path.insert(0, REPO)
 
   lam, lam_dir = sweep(args.workdir, 'lambda_steps', 'lambda_step',
                        args.lambda_steps, args.seeds)

@@ -393,20 +393,13 @@ def preprocess(s0: jax.Array, s1: jax.Array, p0, p1, *,
   Returns:
     ``[2, C, N, H, W]``: preprocessed s0 and s1, channels first.
   """
-  def conv_1x1(x, kernel):  # [C_in, N, H, W] -> [C, N, H, W]
-    c, n, h, w = x.shape
-    out = jnp.dot(kernel[0, 0].T.astype(x.dtype), x.reshape(c, n * h * w))
-    return out.reshape(-1, n, h, w)
-
   s0 = jnp.transpose(nn.relu(s0), (3, 0, 1, 2))
   s1 = jnp.transpose(nn.relu(s1), (3, 0, 1, 2))
   if reduction_prev:
-    even, odd = spatial.even_odd(s0)
-    y0 = jnp.concatenate([conv_1x1(even, p0['kernel_0']),
-                          conv_1x1(odd, p0['kernel_1'])])
+    y0 = spatial.factorized_reduce(s0, p0['kernel_0'], p0['kernel_1'])
   else:
-    y0 = conv_1x1(s0, p0['kernel'])
-  return _batch_norm(jnp.stack([y0, conv_1x1(s1, p1['kernel'])]))
+    y0 = spatial.conv_1x1(s0, p0['kernel'])
+  return _batch_norm(jnp.stack([y0, spatial.conv_1x1(s1, p1['kernel'])]))
 
 
 def stage(x: jax.Array, weights: jax.Array, packed, *, stride: int,

@@ -77,10 +77,11 @@ STEMS = ('cifar', 'imagenet')
 AUX_HEAD = 'aux_head'
 
 
-def _bn(train: bool, name: Optional[str] = None) -> nn.BatchNorm:
-  """Affine BN of ``[C, ...]`` maps with running statistics (PyTorch's
-  BatchNorm2d defaults)."""
-  return nn.BatchNorm(use_running_average=not train, axis=0, momentum=0.9,
+def _bn(train: bool, name: Optional[str] = None, axis: int = 0
+        ) -> nn.BatchNorm:
+  """Affine BN with running statistics (PyTorch's BatchNorm2d defaults),
+  features on ``axis`` (0: ``[C, N, H, W]`` maps)."""
+  return nn.BatchNorm(use_running_average=not train, axis=axis, momentum=0.9,
                       epsilon=BN_EPS, name=name)
 
 
@@ -88,22 +89,11 @@ def _kernel(module: nn.Module, name: str, shape) -> jax.Array:
   return module.param(name, conv_init, shape)
 
 
-def _conv_1x1(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  """``[C, N, H, W]`` times a ``[1, 1, C, D]`` kernel: ``[D, N, H, W]``.
-
-  One matmul ``[D, C] x [C, N H W]`` (XLA:CPU runs it about twice as fast
-  as the same contraction with the kernel second).
-  """
-  c, n, h, w = x.shape
-  out = jnp.dot(kernel[0, 0].T.astype(x.dtype), x.reshape(c, n * h * w))
-  return out.reshape(-1, n, h, w)
-
-
 def _conv(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
   """A same-padded conv of ``[C, N, H, W]`` with an HWIO kernel (stems)."""
   k = kernel.shape[0]
   if k == 1:
-    return _conv_1x1(x[:, :, ::stride, ::stride], kernel)
+    return spatial.conv_1x1(x[:, :, ::stride, ::stride], kernel)
   pad = (k - 1) // 2
   return lax.conv_general_dilated(
       x, kernel.astype(x.dtype), (stride, stride), ((pad, pad), (pad, pad)),
@@ -149,7 +139,7 @@ class DepthwiseSeparable(nn.Module):
     pointwise = _kernel(self, 'pointwise', (1, 1, c, self.channels))
     x = depthwise.conv(nn.relu(x)[None], kernel[:, :, 0][None].astype(x.dtype),
                        self.stride, self.dilation)[0]
-    return _bn(train)(_conv_1x1(x, pointwise))
+    return _bn(train)(spatial.conv_1x1(x, pointwise))
 
 
 class FactorizedReduce(nn.Module):
@@ -165,9 +155,7 @@ class FactorizedReduce(nn.Module):
     c, half = x.shape[0], self.channels // 2
     k0 = _kernel(self, 'kernel_0', (1, 1, c, half))
     k1 = _kernel(self, 'kernel_1', (1, 1, c, half))
-    even, odd = spatial.even_odd(nn.relu(x))
-    out = jnp.concatenate([_conv_1x1(even, k0), _conv_1x1(odd, k1)])
-    return _bn(train)(out)
+    return _bn(train)(spatial.factorized_reduce(nn.relu(x), k0, k1))
 
 
 class EvalOp(nn.Module):
@@ -296,8 +284,7 @@ class AuxiliaryHead(nn.Module):
     kernel = _kernel(self, 'conv_1', x.shape[2:4] + (128, 768))
     x = jnp.einsum('cnhw,hwcd->nd', x, kernel.astype(x.dtype))  # [N, 768]
     if self.second_bn:
-      x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                       epsilon=BN_EPS, name='bn_1')(x)
+      x = _bn(train, name='bn_1', axis=-1)(x)
     x = nn.relu(x)
     return nn.Dense(self.num_classes, kernel_init=conv_init,
                     name='classifier')(x)

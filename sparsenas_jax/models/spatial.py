@@ -1,11 +1,12 @@
-"""Spatial ops on channels-first feature maps: ``[..., H, W]``.
+"""Ops on channels-first feature maps: ``[..., H, W]``, ``[C, N, H, W]``.
 
 Pools and FactorizedReduce's pixel selection over the last two axes, so
-that the leading axes (edges, channels, batch) stay contiguous: what the
-search cell (``batched_cell``) and the evaluation network
-(``eval_network``) share. The pools are separable: a 3-wide max (or sum)
-over rows, then over columns, of shifted slices, which XLA:CPU runs far
-faster than ``lax.reduce_window``.
+that the leading axes (edges, channels, batch) stay contiguous, and 1x1
+convolutions of ``[C, N, H, W]`` maps: what the search cell
+(``batched_cell``) and the evaluation network (``eval_network``) share.
+The pools are separable: a 3-wide max (or sum) over rows, then over
+columns, of shifted slices, which XLA:CPU runs far faster than
+``lax.reduce_window``.
 """
 
 from __future__ import annotations
@@ -59,3 +60,24 @@ def avg_pool_3x3(x: jax.Array, stride: int) -> jax.Array:
   total = _pool_1d(rows, x.ndim - 1, stride, lax.add, 0)
   counts = np.outer(window_counts(h, stride), window_counts(w, stride))
   return total * jnp.asarray(1 / counts, x.dtype)
+
+
+def conv_1x1(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """``[C, N, H, W]`` times a ``[1, 1, C, D]`` (HWIO) kernel: ``[D, N, H, W]``.
+
+  One matmul ``[D, C] x [C, N H W]``, the kernel first: XLA:CPU runs the
+  same contraction with the kernel second about twice as slowly.
+  """
+  c, n, h, w = x.shape
+  out = jnp.dot(kernel[0, 0].T.astype(x.dtype), x.reshape(c, n * h * w))
+  return out.reshape(-1, n, h, w)
+
+
+def factorized_reduce(x: jax.Array, kernel_0: jax.Array,
+                      kernel_1: jax.Array) -> jax.Array:
+  """FactorizedReduce's two 1x1 stride-2 convs of ``[C, N, H, W]`` (the
+  even pixels, the odd ones), concatenated; no ReLU before, no batch norm
+  after. Kernels ``[1, 1, C, D / 2]``; returns ``[D, N, ceil(H/2),
+  ceil(W/2)]``."""
+  even, odd = even_odd(x)
+  return jnp.concatenate([conv_1x1(even, kernel_0), conv_1x1(odd, kernel_1)])

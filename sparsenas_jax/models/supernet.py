@@ -355,9 +355,9 @@ class SearchNetwork(nn.Module):
       edges stacked: fewer leaves; ``reference_to_stacked_params``
       converts), ``'scanned'`` (``'stacked'``'s params and function, the
       stages of the edges leaving intermediate nodes as one ``lax.scan``
-      per cell: a smaller program) or ``'reference'`` (``SearchCell``, one ``MixedOp`` per
-      edge). ``default_cell_impl`` is the choice per backend that the jobs'
-      ``cell_impl='auto'`` makes.
+      per cell: a smaller program) or ``'reference'`` (``SearchCell``, one
+      ``MixedOp`` per edge). ``default_cell_impl`` is the choice per
+      backend that the jobs' ``cell_impl='auto'`` makes.
     remat: rematerialise each cell in the backward pass (``nn.remat``):
       only the cells' inputs are kept from the forward pass, for about one
       more forward pass of compute. The same values.
