@@ -1,5 +1,6 @@
 """The evaluation network built from a mixed-path genotype; complexity."""
 
+import functools
 import math
 
 import counting
@@ -260,6 +261,11 @@ def test_bad_network_settings_raise():
     eval_network.EvalNetwork(MIXED, C=4, num_classes=2, layers=2)
 
 
+# These checks compare numbers: XLA:CPU's LLVM optimisations only cost time.
+_fast_jit = functools.partial(
+    jax.jit, compiler_options={'xla_backend_optimization_level': 0})
+
+
 def test_channels_first_network_computes_the_nhwc_specification():
   # The NHWC modules (lax convolutions, grouped depthwise convs,
   # reduce_window pools) against the channels-first ones, with one set of
@@ -285,9 +291,9 @@ def test_channels_first_network_computes_the_nhwc_specification():
 
   results = {}
   for name, model in (('channels_first', net), ('nhwc', spec)):
-    (_, outputs), grads = jax.jit(jax.value_and_grad(
+    (_, outputs), grads = _fast_jit(jax.value_and_grad(
         lambda p, m=model: train(m, p), has_aux=True))(variables['params'])
-    logits_eval, _ = jax.jit(lambda v, m=model: m.apply(v, x, train=False))(
+    logits_eval, _ = _fast_jit(lambda v, m=model: m.apply(v, x, train=False))(
         variables)
     results[name] = (outputs, grads, logits_eval)
   got, want = results['channels_first'], results['nhwc']

@@ -1,6 +1,7 @@
 """The command line and config checks: one-line errors for bad configs, before
 any training; a warning for a risky one."""
 
+import importlib
 import os
 import subprocess
 import sys
@@ -8,6 +9,9 @@ import sys
 import pytest
 
 from configs import cnn_search as search_config
+from configs import digits_prune as prune_config
+from sparsenas_jax import errors
+from sparsenas_jax import main
 from sparsenas_jax.experiments import cnn_search
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,19 +24,47 @@ def _main(*args):
       env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
 
 
-@pytest.mark.parametrize('override, needle', [
-    ('--config.job=nope', 'unknown job'),
-    ('--config.runs=hapg:ridge', "penalty in ('lasso', 'group_lasso', 'sgl')"),
-    ('--config.runs=lbfgs:sgl', 'optimizer in'),
-    ('--config.l1_ratio=1.5', 'l1_ratio must be in [0, 1]'),
+def test_cli_errors_are_one_line_with_exit_2(tmp_path):
+  """The command line's path: main's own check, and a job's check raised
+  inside its run, each one line on stderr, exit 2, no traceback."""
+  for config, override, needle in [
+      ('configs/digits_prune.py', '--config.job=nope', 'unknown job'),
+      ('configs/cnn_search.py:digits', '--config.lambda_step=-0.01',
+       'negative')]:
+    proc = _main(f'--config={config}', f'--workdir={tmp_path}', override)
+    assert proc.returncode == 2, override
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith('error: ') and needle in last
+    assert 'Traceback' not in proc.stderr
+
+
+_CONFIGS = {'digits_prune': prune_config, 'cnn_search': search_config}
+
+
+def _rejected(job, variant, overrides, needle):
+  """The job's ``validate`` raises a ConfigError naming ``needle`` (what
+  main prints as its one line)."""
+  config = _CONFIGS[job].get_config(variant)
+  for path, value in overrides.items():
+    *parents, field = path.split('.')
+    node = config
+    for name in parents:
+      node = node[name]
+    node[field] = value
+  module = importlib.import_module(main.JOBS[config.job])
+  with pytest.raises(errors.ConfigError) as raised:
+    module.validate(config)
+  assert needle in str(raised.value)
+  assert '\n' not in str(raised.value)
+
+
+@pytest.mark.parametrize('overrides, needle', [
+    ({'runs': 'hapg:ridge'}, "penalty in ('lasso', 'group_lasso', 'sgl')"),
+    ({'runs': 'lbfgs:sgl'}, 'optimizer in'),
+    ({'l1_ratio': 1.5}, 'l1_ratio must be in [0, 1]'),
 ])
-def test_bad_config_values_fail_with_one_line(tmp_path, override, needle):
-  proc = _main('--config=configs/digits_prune.py', f'--workdir={tmp_path}',
-               override)
-  assert proc.returncode == 2
-  last = proc.stderr.strip().splitlines()[-1]
-  assert last.startswith('error: ') and needle in last
-  assert 'Traceback' not in proc.stderr
+def test_bad_prune_config_values_are_rejected(overrides, needle):
+  _rejected('digits_prune', None, overrides, needle)
 
 
 def test_unknown_variant_names_the_valid_ones(tmp_path):
@@ -50,24 +82,18 @@ def test_offline_cifar_search_fails_at_once_saying_how_to_get_it(tmp_path):
   assert 'tfds build cifar10' in last and 'digits' in last
 
 
-@pytest.mark.parametrize('override, needle', [
-    ('--config.ops=sep_conv_3x3,conv_9x9', 'unknown op'),
-    ('--config.layers=2', 'layers=2'),
-    ('--config.lambda_step=-0.01', 'negative'),
-    ('--config.lambda_max=-1', 'lambda_max=-1'),
-    ('--config.arch_optimizer=sgd', 'valid'),
-    ('--config.sweep.seed=0,1', '--config.job=cnn_sweep'),
-    ('--config.job=cnn_sweep --config.sweep.l1_ratio=0.5,x', 'comma-separated'),
-    ('--config.job=cnn_sweep --config.sweep.seed=4', 'needs >= 2 members'),
-    ('--config.job=cnn_sweep --config.sweep.l1_ratio=0.5,1.5', 'l1_ratio=1.5'),
+@pytest.mark.parametrize('overrides, needle', [
+    ({'ops': 'sep_conv_3x3,conv_9x9'}, 'unknown op'),
+    ({'layers': 2}, 'layers=2'),
+    ({'lambda_max': -1.0}, 'lambda_max=-1'),
+    ({'arch_optimizer': 'sgd'}, 'valid'),
+    ({'sweep.seed': '0,1'}, '--config.job=cnn_sweep'),
+    ({'job': 'cnn_sweep', 'sweep.l1_ratio': '0.5,x'}, 'comma-separated'),
+    ({'job': 'cnn_sweep', 'sweep.seed': '4'}, 'needs >= 2 members'),
+    ({'job': 'cnn_sweep', 'sweep.l1_ratio': '0.5,1.5'}, 'l1_ratio=1.5'),
 ])
-def test_bad_search_config_values_fail_with_one_line(tmp_path, override,
-                                                     needle):
-  proc = _main('--config=configs/cnn_search.py:digits',
-               f'--workdir={tmp_path}', *override.split())
-  assert proc.returncode == 2
-  last = proc.stderr.strip().splitlines()[-1]
-  assert last.startswith('error: ') and needle in last
+def test_bad_search_config_values_are_rejected(overrides, needle):
+  _rejected('cnn_search', 'digits', overrides, needle)
 
 
 @pytest.mark.parametrize('impl, warns', [

@@ -306,7 +306,7 @@ def test_padded_window_matches_unpadded(search):
 def test_remat_policies_compute_the_same_derivatives():
   """Every ``remat`` keeps the numbers: loss, gradients in (w, A) and both
   orders of the mixed product ∇²_{A,w} L v, with dropout on."""
-  nodes = 3
+  nodes = 2
   rng = np.random.default_rng(5)
   tokens = rng.integers(0, NTOKEN, (6, B)).astype(np.int32)
   targets = rng.integers(0, NTOKEN, (6, B)).astype(np.int32)
