@@ -56,6 +56,9 @@ def get_config(arg=None):
   c.arch_learning_rate = 3e-3
   c.arch_b1 = 0.5
   c.arch_b2 = 0.999
+  # (Adam)HAPG's extrapolation u_t: -1 = (t - 2)/(t + 1) (paper, Eq. 7-8),
+  # or a constant in [0, 1) (0: proximal Adam / proximal SGD).
+  c.arch_momentum = -1.0
   c.arch_weight_decay = 1e-3  # adam only
   c.arch_init_scale = 0.0     # A's start; 0 = 1 / len(ops)
   c.lambda_step = 0.01

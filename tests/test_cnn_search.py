@@ -135,3 +135,27 @@ def test_divergence_stops_at_once_and_keeps_the_checkpoints(runs, tmp_path):
   assert 'not finite' in last and 'config.learning_rate' in last
   assert 'resumes from step' in last and 'Traceback' not in proc.stderr
   assert sorted(p.name for p in (workdir / 'checkpoints').iterdir()) == before
+
+
+def test_a_search_that_removed_a_whole_cell_keeps_its_weights(tmp_path):
+  """A normal cell without live nodes has no genotype: finish writes A and
+  the counts, names the empty cell, and draws nothing."""
+  import types  # pylint: disable=g-import-not-at-top
+  from configs import cnn_search as search_config  # pylint: disable=g-import-not-at-top
+  from sparsenas_jax.experiments import cnn_search  # pylint: disable=g-import-not-at-top
+  config = search_config.get_config('digits')
+  config.update(nodes=2, ops='skip_connect,sep_conv_3x3',
+                arch_optimizer='adam')  # adam: A is read as it is
+  arch = {t: {f'node_{j}': np.full((j + 2, 2), 0.5, np.float32)
+              for j in range(2)} for t in ('normal', 'reduce')}
+  arch['normal'] = {k: np.zeros_like(v) for k, v in arch['normal'].items()}
+  state = types.SimpleNamespace(arch=arch, arch_opt_state=None)
+  summary = cnn_search.finish(config, state, str(tmp_path), {'wall_s': 1.0})
+  assert summary['empty_cells'] == ['normal']
+  assert summary['counts_per_cell']['normal']['nodes_live'] == 0
+  assert summary['counts_per_cell']['reduce']['ops_kept'] == 10
+  saved = json.loads((tmp_path / 'search_results.json').read_text())
+  assert saved['empty_cells'] == ['normal'] and saved['wall_s'] == 1.0
+  np.testing.assert_array_equal(
+      np.load(tmp_path / 'architecture.npz')['reduce/node_1'], 0.5)
+  assert not (tmp_path / 'genotype.json').exists()

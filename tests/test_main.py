@@ -87,6 +87,7 @@ def test_offline_cifar_search_fails_at_once_saying_how_to_get_it(tmp_path):
     ({'layers': 2}, 'layers=2'),
     ({'lambda_max': -1.0}, 'lambda_max=-1'),
     ({'arch_optimizer': 'sgd'}, 'valid'),
+    ({'arch_momentum': 1.0}, 'arch_momentum=1.0'),
     ({'sweep.seed': '0,1'}, '--config.job=cnn_sweep'),
     ({'job': 'cnn_sweep', 'sweep.l1_ratio': '0.5,x'}, 'comma-separated'),
     ({'job': 'cnn_sweep', 'sweep.seed': '4'}, 'needs >= 2 members'),

@@ -421,18 +421,52 @@ def run(config: ml_collections.ConfigDict, workdir: str):
   summary.update(compile_s=sum(compiled.values()),
                  eval_compile_s=eval_step.compile_s,
                  programs_loaded=store.loaded)
-  return finish(config, state, workdir, summary)
+  summary = finish(config, state, workdir, summary)
+  if summary.get('empty_cells'):
+    lam = common.lambda_schedule(config, steps_per_epoch)(total_steps - 1)
+    raise ConfigError(
+        f'the search removed every node of the '
+        f'{" and ".join(summary["empty_cells"])} cell (λ grew to '
+        f'{float(lam):g}): no genotype; A is in {workdir}/architecture.npz. '
+        'Lower config.lambda_step or set config.lambda_max, and search again '
+        'in a new --workdir.')
+  return summary
 
 
 def finish(config, state, workdir, summary):
   """Derives, saves and pictures the genotype of ``state`` (a
-  ``SearchState``, placed or on the host); writes search_results.json with
-  ``summary`` and the counts (process 0). Returns that summary."""
+  ``SearchState``, placed or on the host); writes architecture.npz and
+  search_results.json with ``summary`` and the counts (process 0). Returns
+  that summary; where the prox removed every node of a cell there is no
+  genotype, and the summary's ``empty_cells`` names those cells."""
   ops = parse_ops(config.ops)
   arch = parallel.to_host(common.architecture(config, state.arch,
                                               state.arch_opt_state))
   if jax.process_index() != 0:
     return summary
+  np.savez(os.path.join(workdir, 'architecture.npz'),
+           **{f'{t}/{n}': v for t in arch for n, v in arch[t].items()})
+  per_cell = {t: genotype_lib.sparsity_counts({t: arch[t]}) for t in arch}
+  summary = {**summary, 'counts': genotype_lib.sparsity_counts(arch),
+             'counts_per_cell': per_cell,
+             'empty_cells': sorted(t for t, c in per_cell.items()
+                                   if not c['nodes_live']),
+             'peak_rss_gb': resource.getrusage(
+                 resource.RUSAGE_SELF).ru_maxrss / 2**20}
+  if not summary['empty_cells']:
+    genotype = genotype_lib.derive_genotype(arch, ops)
+    genotype_lib.save_genotype(genotype,
+                               os.path.join(workdir, 'genotype.json'))
+    viz.plot_genotype(genotype, os.path.join(workdir, 'genotype.png'))
+    stats = complexity.genotype_stats(genotype, config.init_channels)
+    summary['genotype_stats'] = stats
+    logging.info('genotype: %s', genotype.to_json())
+    logging.info('kept %d ops and %d nodes; derived cell params at C=%d: %d',
+                 stats['total']['ops_kept'], stats['total']['nodes_kept'],
+                 config.init_channels, stats['total']['params'])
+  with open(os.path.join(workdir, 'search_results.json'), 'w') as f:
+    json.dump(summary, f, indent=1)
+  return summary
   np.savez(os.path.join(workdir, 'architecture.npz'),
            **{f'{t}/{n}': v for t in arch for n, v in arch[t].items()})
   genotype = genotype_lib.derive_genotype(arch, ops)

@@ -349,6 +349,10 @@ def _finish(config, members, configs, states, workdir, summary):
     os.makedirs(member_dir, exist_ok=True)
     out = cnn_search.finish(member, _member(states, k), member_dir,
                             member_summary)
+    if out.get('empty_cells'):
+      logging.warning('member %d (%s): the prox removed every node of the %s '
+                      'cell; no genotype', k, describe(settings),
+                      ' and '.join(out['empty_cells']))
     results.append({'settings': settings, 'counts': out.get('counts'),
                     'test_accuracy': out.get('test_accuracy')})
   if jax.process_index() != 0:

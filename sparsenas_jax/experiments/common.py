@@ -67,6 +67,11 @@ def check_search_config(config) -> None:
                       'use 0 (no cap) or the largest λ to ramp up to.')
   if not 0 <= config.l1_ratio <= 1:
     raise ConfigError(f'config.l1_ratio={config.l1_ratio}: use [0, 1].')
+  momentum = config.get('arch_momentum', -1.0)
+  if momentum != -1.0 and not 0 <= momentum < 1:
+    raise ConfigError(f'config.arch_momentum={momentum}: use -1 (the '
+                      'accelerated u_t = (t - 2)/(t + 1)) or a constant in '
+                      '[0, 1).')
 
 
 def lambda_schedule(config, steps_per_epoch: int):
@@ -85,13 +90,15 @@ def make_arch_optimizer(config, arch, steps_per_epoch: int):
   per node (``optim.darts_node_groups``), λ ramped per epoch."""
   groups = optim.darts_node_groups(arch)
   lam = lambda_schedule(config, steps_per_epoch)
+  momentum = config.get('arch_momentum', -1.0)
+  momentum = None if momentum == -1.0 else momentum
   if config.arch_optimizer == 'adam_hapg':
     return optim.adam_hapg(config.arch_learning_rate, lam, config.l1_ratio,
                            groups=groups, b1=config.arch_b1,
-                           b2=config.arch_b2)
+                           b2=config.arch_b2, momentum=momentum)
   if config.arch_optimizer == 'hapg':
     return optim.hapg(config.arch_learning_rate, lam, config.l1_ratio,
-                      groups=groups)
+                      groups=groups, momentum=momentum)
   # DARTS's architecture optimizer: Adam with L2 weight decay, no sparsity.
   return optax.chain(
       optax.add_decayed_weights(config.arch_weight_decay),
