@@ -18,7 +18,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ['--config.init_channels=2', '--config.layers=3', '--config.nodes=2',
         '--config.ops=max_pool_3x3,skip_connect,sep_conv_3x3',
         '--config.epochs=3', '--config.batch_size=64',
-        '--config.lambda_step=0.08']
+        '--config.lambda_step=0.08', '--config.cpu_fast_compile=True']
 
 
 def _command(workdir, cache, *extra):
