@@ -21,6 +21,7 @@ TINY = ['--config=configs/cnn_search.py:digits', '--config.init_channels=2',
         '--config.hypergradient=first_order', '--config.batch_size=64',
         '--config.train_portion=0.25', '--config.epochs=3',
         '--config.lambda_step=5', '--config.arch_optimizer=hapg',
+        '--config.arch_momentum=-1', '--config.l1_ratio=0.5',
         '--config.cpu_fast_compile=True']
 
 
