@@ -467,22 +467,3 @@ def finish(config, state, workdir, summary):
   with open(os.path.join(workdir, 'search_results.json'), 'w') as f:
     json.dump(summary, f, indent=1)
   return summary
-  np.savez(os.path.join(workdir, 'architecture.npz'),
-           **{f'{t}/{n}': v for t in arch for n, v in arch[t].items()})
-  genotype = genotype_lib.derive_genotype(arch, ops)
-  genotype_lib.save_genotype(genotype, os.path.join(workdir, 'genotype.json'))
-  viz.plot_genotype(genotype, os.path.join(workdir, 'genotype.png'))
-  stats = complexity.genotype_stats(genotype, config.init_channels)
-  summary = {**summary, 'genotype_stats': stats,
-             'counts': genotype_lib.sparsity_counts(arch),
-             'counts_per_cell': {t: genotype_lib.sparsity_counts({t: arch[t]})
-                                 for t in arch},
-             'peak_rss_gb': resource.getrusage(
-                 resource.RUSAGE_SELF).ru_maxrss / 2**20}
-  with open(os.path.join(workdir, 'search_results.json'), 'w') as f:
-    json.dump(summary, f, indent=1)
-  logging.info('genotype: %s', genotype.to_json())
-  logging.info('kept %d ops and %d nodes; derived cell params at C=%d: %d',
-               stats['total']['ops_kept'], stats['total']['nodes_kept'],
-               config.init_channels, stats['total']['params'])
-  return summary
