@@ -67,11 +67,18 @@ def check_search_config(config) -> None:
                       'use 0 (no cap) or the largest λ to ramp up to.')
   if not 0 <= config.l1_ratio <= 1:
     raise ConfigError(f'config.l1_ratio={config.l1_ratio}: use [0, 1].')
-  momentum = config.get('arch_momentum', -1.0)
-  if momentum != -1.0 and not 0 <= momentum < 1:
+  momentum = arch_momentum(config)
+  if momentum is not None and not 0 <= momentum < 1:
     raise ConfigError(f'config.arch_momentum={momentum}: use -1 (the '
                       'accelerated u_t = (t - 2)/(t + 1)) or a constant in '
                       '[0, 1).')
+
+
+def arch_momentum(config):
+  """(Adam)HAPG's ``momentum`` from ``config.arch_momentum``: ``None`` (the
+  accelerated u_t) for -1, the default, else the constant."""
+  momentum = config.get('arch_momentum', -1.0)
+  return None if momentum == -1.0 else momentum
 
 
 def lambda_schedule(config, steps_per_epoch: int):
@@ -90,8 +97,7 @@ def make_arch_optimizer(config, arch, steps_per_epoch: int):
   per node (``optim.darts_node_groups``), λ ramped per epoch."""
   groups = optim.darts_node_groups(arch)
   lam = lambda_schedule(config, steps_per_epoch)
-  momentum = config.get('arch_momentum', -1.0)
-  momentum = None if momentum == -1.0 else momentum
+  momentum = arch_momentum(config)
   if config.arch_optimizer == 'adam_hapg':
     return optim.adam_hapg(config.arch_learning_rate, lam, config.l1_ratio,
                            groups=groups, b1=config.arch_b1,
