@@ -10,7 +10,9 @@ Every combination of --modes × --batch × --cells × --nodes runs in its own
 subprocess (so that its peak resident memory is its own, and its compile
 time is not helped by another's in-process caches; no on-disk cache unless
 --cache_dir: then the job's ``compilation.ExecutableStore`` there, as a
-rerun of a search would have it; run twice to time a warm start). Per run:
+rerun of a search would have it; or --jax_cache_dir: JAX's persistent
+compilation cache there instead, for comparison; run twice to time a warm
+start). Per run:
 compile_s (tracing and compiling every program of the step, or loading it
 from --cache_dir, i.e. the time to first step less one step), first_step_s,
 time_to_first_step_s (init_s, building the state, plus first_step_s),
@@ -75,6 +77,12 @@ def measure(args):
   config.step_compilation = args.step_compilation
   config.remat = bool(args.remat)
   store = None
+  if args.jax_cache_dir:
+    if args.cache_dir:
+      raise SystemExit('error: pass --cache_dir or --jax_cache_dir, not both.')
+    jax.config.update('jax_compilation_cache_dir', args.jax_cache_dir)
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+    jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
   if args.cache_dir:
     config.compilation_cache_dir = args.cache_dir
     store = compilation.job_store(config, args.cache_dir)
@@ -225,6 +233,7 @@ def main():
   parser.add_argument('--fast_compile', type=int, default=0)
   parser.add_argument('--remat', type=int, default=0)
   parser.add_argument('--cache_dir', default='')
+  parser.add_argument('--jax_cache_dir', default='')
   parser.add_argument('--timeout', type=int, default=3600)
   # Several benchmark invocations sharing one --lock_file compile at the same
   # time (many-core hosts) but take turns for their timed steps.

@@ -85,7 +85,7 @@ def get_config(arg=None):
   # (experiments/cnn_sweep.py).
   c.sweep = ml_collections.ConfigDict({
       'seed': '', 'learning_rate': '', 'arch_learning_rate': '',
-      'lambda_step': '', 'l1_ratio': ''})
+      'lambda_step': '', 'lambda_max': '', 'l1_ratio': ''})
   if arg in ('digits', 'digits_sweep'):
     c.dataset = 'digits'
     c.crop_padding = 1

@@ -32,6 +32,12 @@ def test_lambda_ramps_per_epoch_and_holds_at_its_cap():
   config.lambda_max = 0.0  # no cap
   uncapped = common.lambda_schedule(config, steps_per_epoch=10)
   assert float(uncapped(1000)) == pytest.approx(10.0)
+  # A sweep traces the step and the cap (0 traced: still no cap).
+  swept = lambda step, cap: common.lambda_schedule(
+      ml_collections.ConfigDict({'lambda_step': step, 'lambda_max': cap}),
+      steps_per_epoch=10)(35)
+  assert jax.jit(swept)(0.1, 0.25) == pytest.approx(0.25)
+  assert jax.jit(swept)(0.1, 0.0) == pytest.approx(0.3)
 
 
 @pytest.mark.parametrize('arch_optimizer', ['adam_hapg', 'hapg'])

@@ -9,7 +9,6 @@ import pytest
 
 from sparsenas_jax import models
 from sparsenas_jax import search_space
-from sparsenas_jax.models import batched_cell
 from sparsenas_jax.models import ops as ops_lib
 
 # LLVM's optimisation of the many small kernels of these graphs is about half

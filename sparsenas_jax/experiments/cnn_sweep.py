@@ -1,7 +1,7 @@
 """Many CNN searches as one program: a sweep of ``cnn_search`` over a grid.
 
 A sweep runs the searches of a grid of settings — seeds, learning rates, λ
-steps, α — as one ``jax.vmap``ped search step over a leading axis of
+steps and caps, α — as one ``jax.vmap``ped search step over a leading axis of
 independent search states (weights, A, both optimizer states), compiled
 once for the whole grid. Member k takes the steps the search with its
 settings takes alone (``cnn_search`` with ``step_compilation='fused'``):
@@ -57,7 +57,7 @@ from sparsenas_jax.runtime import parallel
 
 # The settings a sweep can vary; the rest of the config is shared.
 SWEEP_FIELDS = ('seed', 'learning_rate', 'arch_learning_rate', 'lambda_step',
-                'l1_ratio')
+                'lambda_max', 'l1_ratio')
 _GRID_FILE = 'sweep.json'
 
 

@@ -83,12 +83,13 @@ def arch_momentum(config):
 
 def lambda_schedule(config, steps_per_epoch: int):
   """λ raised by ``lambda_step`` at the start of every epoch (λ₀ = 0), held
-  at ``lambda_max`` once it gets there (0: never)."""
+  at ``lambda_max`` once it gets there (0: never). Both fields may be traced
+  (a sweep's members)."""
   cap = config.get('lambda_max', 0.0)
 
   def schedule(count):
     lam = config.lambda_step * (count // steps_per_epoch)
-    return jnp.minimum(lam, cap) if cap > 0 else lam
+    return jnp.where(cap > 0, jnp.minimum(lam, cap), lam)
   return schedule
 
 
