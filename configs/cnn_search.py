@@ -84,8 +84,9 @@ def get_config(arg=None):
   # lists ('' = the field's one value above), run as one vmapped program
   # (experiments/cnn_sweep.py).
   c.sweep = ml_collections.ConfigDict({
-      'seed': '', 'learning_rate': '', 'arch_learning_rate': '',
-      'lambda_step': '', 'lambda_max': '', 'l1_ratio': ''})
+      'seed': '', 'arch_init_scale': '', 'learning_rate': '',
+      'arch_learning_rate': '', 'lambda_step': '', 'lambda_max': '',
+      'l1_ratio': ''})
   if arg in ('digits', 'digits_sweep'):
     c.dataset = 'digits'
     c.crop_padding = 1

@@ -50,6 +50,11 @@ def test_grid_is_the_product_last_field_fastest():
                                        'fused')
   assert not any(member.sweep.values())
   cnn_search.validate(member)  # a member is a valid search on its own
+  # A's initial value and λ's cap are a member's own too.
+  config = _config(arch_init_scale='0,0.3', lambda_max='0.5')
+  assert [(m.arch_init_scale, m.lambda_max) for m in (
+      cnn_sweep.member_config(config, s) for s in cnn_sweep.grid(config))] == [
+          (0.0, 0.5), (0.3, 0.5)]
 
 
 # XLA:CPU's optimisation is most of the compile time of these tiny programs.
@@ -136,7 +141,7 @@ def test_members_take_the_steps_of_their_searches_alone():
       'member_1/arch_val_loss', 'member_1/train_accuracy',
       'member_1/train_loss']
   assert all(bool(v) for v in metrics['finite'].values())
-  assert any('member 2 (seed=1, learning_rate=0.1' in name
+  assert any('member 2 (seed=1, arch_init_scale=0, learning_rate=0.1' in name
              for name in metrics['finite'])
   # The prox acted, and the members differ.
   zeros = sum(int(np.sum(np.asarray(a) == 0)) for a in jax.tree.leaves(

@@ -1,12 +1,13 @@
 """Many CNN searches as one program: a sweep of ``cnn_search`` over a grid.
 
-A sweep runs the searches of a grid of settings — seeds, learning rates, λ
-steps and caps, α — as one ``jax.vmap``ped search step over a leading axis of
-independent search states (weights, A, both optimizer states), compiled
-once for the whole grid. Member k takes the steps the search with its
-settings takes alone (``cnn_search`` with ``step_compilation='fused'``):
-its weights and A are initialised, its batches drawn and its augmentation
-keys folded from its own seed, and its optimizers built from its own
+A sweep runs the searches of a grid of settings — seeds, A's initial
+value, learning rates, λ steps and caps, α — as one ``jax.vmap``ped search
+step over a leading axis of independent search states (weights, A, both
+optimizer states), compiled once for the whole grid. Member k takes the
+steps the search with its settings takes alone (``cnn_search`` with
+``step_compilation='fused'``): its weights and A are initialised, its
+batches drawn and its augmentation keys folded from its own seed (and A
+from its own ``arch_init_scale``), and its optimizers built from its own
 hyperparameters, traced as arrays. All members share the data split and
 test set (``config.data_seed``, else ``config.seed``), so their results are
 comparable.
@@ -53,8 +54,8 @@ from sparsenas_jax.runtime import loop
 from sparsenas_jax.runtime import parallel
 
 # The settings a sweep can vary; the rest of the config is shared.
-SWEEP_FIELDS = ('seed', 'learning_rate', 'arch_learning_rate', 'lambda_step',
-                'lambda_max', 'l1_ratio')
+SWEEP_FIELDS = ('seed', 'arch_init_scale', 'learning_rate',
+                'arch_learning_rate', 'lambda_step', 'lambda_max', 'l1_ratio')
 _GRID_FILE = 'sweep.json'
 
 
