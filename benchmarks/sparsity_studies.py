@@ -172,6 +172,12 @@ def main():
     for k, member in enumerate(members):
       if member['settings']['seed'] not in retrain_seeds:
         continue
+      if member.get('empty_cells'):  # no genotype to train
+        report['retrained'].append({
+            'grid': grid, 'settings': member['settings'],
+            'counts': member['counts'],
+            'empty_cells': member['empty_cells']})
+        continue
       name = f'{grid}_train/member_{k}'
       r = train(os.path.join(args.workdir, name),
                 os.path.join(grids[grid], f'member_{k}', 'genotype.json'),

@@ -178,6 +178,7 @@ def test_sweep_writes_every_member_and_resumes(tmp_path):
                       'search_results.json').read_text())
     assert out['settings'] == member['settings']
     assert out['counts'] == member['counts']
+    assert member['empty_cells'] == []
     assert 0.0 <= out['test_accuracy'] <= 1.0
     assert len(out['curves']['test_accuracy']) == TINY['epochs']
     assert (workdir / f'member_{k}' / 'genotype.png').stat().st_size > 1000

@@ -352,7 +352,8 @@ def _finish(config, members, configs, states, workdir, summary):
                       'cell; no genotype', k, describe(settings),
                       ' and '.join(out['empty_cells']))
     results.append({'settings': settings, 'counts': out.get('counts'),
-                    'test_accuracy': out.get('test_accuracy')})
+                    'test_accuracy': out.get('test_accuracy'),
+                    'empty_cells': out.get('empty_cells', [])})
   if jax.process_index() != 0:
     return summary
   groups = {}
