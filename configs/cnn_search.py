@@ -99,10 +99,14 @@ def get_config(arg=None):
     c.learning_rate = 0.05
     c.arch_learning_rate = 3e-3
     # AdamHAPG without the accelerated extrapolation and with a long first
-    # moment: zeros that stay zeros at this size (docs/sparsity.md).
+    # moment: zeros that stay zeros at this size; A starting at 0.5 and λ
+    # held at 0.3 from the third epoch: the group prox removes whole nodes
+    # without emptying a cell (docs/sparsity.md).
+    c.arch_init_scale = 0.5
     c.arch_momentum = 0.0
     c.arch_b1 = 0.95
     c.lambda_step = 0.1
+    c.lambda_max = 0.3
     c.l1_ratio = 0.8
     # Level 1: at 4 nodes the faster steps repay the longer compile.
     c.cpu_fast_compile = False

@@ -14,11 +14,13 @@ import pytest
 from sparsenas_jax import genotype as genotype_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# A tiny supernet: 2 channels, 3 cells, 2 nodes, 3 ops; three short epochs.
+# A tiny supernet: 2 channels, 3 cells, 2 nodes, 3 ops; three short epochs,
+# A from 1/|O| (the prox zeroes ops within them).
 TINY = ['--config.init_channels=2', '--config.layers=3', '--config.nodes=2',
         '--config.ops=max_pool_3x3,skip_connect,sep_conv_3x3',
         '--config.epochs=3', '--config.batch_size=64',
-        '--config.lambda_step=0.08', '--config.cpu_fast_compile=True']
+        '--config.arch_init_scale=0', '--config.lambda_step=0.08',
+        '--config.cpu_fast_compile=True']
 
 
 def _command(workdir, cache, *extra):

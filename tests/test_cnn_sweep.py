@@ -22,10 +22,10 @@ from sparsenas_jax.experiments import common
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A tiny supernet: 2 channels, 3 cells, 2 nodes, 3 ops; batches of 192 make
-# 3 steps an epoch; λ jumps to 0.4 at the second.
+# 3 steps an epoch; λ jumps to 0.4 at the second (no cap).
 TINY = dict(init_channels=2, layers=3, nodes=2,
             ops='max_pool_3x3,skip_connect,sep_conv_3x3', epochs=2,
-            batch_size=192, lambda_step=0.4)
+            batch_size=192, lambda_step=0.4, lambda_max=0.0)
 
 
 def _config(**sweep):

@@ -20,7 +20,8 @@ TINY = ['--config=configs/cnn_search.py:digits', '--config.init_channels=2',
         '--config.ops=skip_connect,sep_conv_3x3',
         '--config.hypergradient=first_order', '--config.batch_size=64',
         '--config.train_portion=0.25', '--config.epochs=3',
-        '--config.lambda_step=5', '--config.arch_optimizer=hapg',
+        '--config.lambda_step=5', '--config.lambda_max=0',
+        '--config.arch_optimizer=hapg',
         '--config.arch_momentum=-1', '--config.l1_ratio=0.5',
         '--config.cpu_fast_compile=True']
 
