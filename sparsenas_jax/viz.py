@@ -137,6 +137,10 @@ def _draw_arrow(ax, arc, radius, color, label, placed, *, spots, fontsize,
                     alpha=0.85))
 
 
+def _count(n: int, noun: str) -> str:
+  return f'{n} {noun}' + ('' if n == 1 else 's')
+
+
 def _draw_cell(ax, title, nodes, concat, ops, show_weights):
   """Draws one cell on ``ax`` in data units; returns the data extent."""
   pos = _layout(nodes)
@@ -180,7 +184,8 @@ def _draw_cell(ax, title, nodes, concat, ops, show_weights):
   ax.set_aspect('equal')
   ax.axis('off')
   n_ops = sum(len(n.inputs) for n in nodes)
-  ax.set_title(f'{title}: {len(nodes)} nodes, {n_ops} ops', fontsize=13)
+  ax.set_title(f'{title}: {_count(len(nodes), "node")}, '
+               f'{_count(n_ops, "op")}', fontsize=13)
   return (max(xs) - min(xs) + 2 * margin, max(ys) - min(ys) + 2 * margin)
 
 
@@ -345,7 +350,8 @@ def _draw_recurrent_cell(ax, genotype, show_weights):
   ax.set_aspect('equal')
   ax.axis('off')
   n_ops = sum(len(n.inputs) for n in genotype.nodes)
-  ax.set_title(f'recurrent cell: {len(genotype.nodes)} nodes, {n_ops} ops',
+  ax.set_title(f'recurrent cell: {_count(len(genotype.nodes), "node")}, '
+               f'{_count(n_ops, "op")}',
                fontsize=13)
   return max(xs) - min(xs) + 2 * margin, top - bottom + 2 * margin
 
