@@ -100,7 +100,7 @@ def get_config(arg=None):
     c.arch_learning_rate = 3e-3
     # AdamHAPG without the accelerated extrapolation and with a long first
     # moment: zeros that stay zeros at this size; A starting at 0.5 and λ
-    # held at 0.3 from the third epoch: the group prox removes whole nodes
+    # held at 0.3 from the fourth epoch: the group prox removes whole nodes
     # without emptying a cell (docs/sparsity.md).
     c.arch_init_scale = 0.5
     c.arch_momentum = 0.0
