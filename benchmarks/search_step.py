@@ -78,8 +78,6 @@ def measure(args):
   config.remat = bool(args.remat)
   store = None
   if args.jax_cache_dir:
-    if args.cache_dir:
-      raise SystemExit('error: pass --cache_dir or --jax_cache_dir, not both.')
     jax.config.update('jax_compilation_cache_dir', args.jax_cache_dir)
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
     jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
@@ -240,6 +238,8 @@ def main():
   parser.add_argument('--lock_file', default='')
   parser.add_argument('--child', default='')
   args = parser.parse_args()
+  if args.cache_dir and args.jax_cache_dir:
+    parser.error('pass --cache_dir or --jax_cache_dir, not both')
   if args.child:
     args.mode = args.modes
     args.batch, args.cells, args.nodes = (
