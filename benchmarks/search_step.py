@@ -18,7 +18,9 @@ from --cache_dir, i.e. the time to first step less one step), first_step_s,
 time_to_first_step_s (init_s, building the state, plus first_step_s),
 step_s (median of --steps steps after the first), images_per_s (images of
 the weight batch per second), peak_rss_gb, hlo_instructions_per_program
-(optimised HLO, fused computations included), and, from XLA's cost
+(optimised HLO, fused computations included), kernels_per_program
+([kernels, distinct kernels]: XLA:CPU compiles each distinct kernel once,
+so compile time follows the distinct count), and, from XLA's cost
 analysis, flops per step and the FLOP/s achieved; on a GPU/TPU, the
 fraction of the vendor's peak (where known) and of a float32 matmul rate
 measured there and then, and the device's peak memory. Invocations given one --lock_file may
@@ -163,9 +165,13 @@ def measure(args):
     result['hlo_instructions_per_program'] = {
         name: p.hlo_instructions for name, p in step.pieces.items()
         if p.calls}
+    result['kernels_per_program'] = {
+        name: p.kernels for name, p in step.pieces.items() if p.calls}
   else:
     result['hlo_instructions_per_program'] = {
         'search_step': compilation.program_size(run)}
+    result['kernels_per_program'] = {
+        'search_step': compilation.program_kernels(run)}
   if flops:
     result['gflops_per_step'] = round(flops / 1e9, 2)
     result['achieved_gflops_per_s'] = round(flops / step_s / 1e9, 2)

@@ -169,16 +169,23 @@ def test_scanned_network_matches_stacked_derivatives_included():
   params = _random_like(jax.eval_shape(
       nets['stacked'].init, jax.random.key(0), x, arch)['params'], rng)
   tangent = _random_like(params, rng)
+  # 'scanned' declares the packed layout of the same params.
+  packed, packed_tangent = (
+      batched_cell.stacked_to_packed_params(p, nodes=nodes, ops=ops)
+      for p in (params, tangent))
+  assert jax.tree.map(np.shape, packed) == jax.tree.map(
+      lambda s: s.shape, jax.eval_shape(nets['scanned'].init,
+                                        jax.random.key(0), x, arch)['params'])
 
-  def derivatives(net):
+  def derivatives(net, tangent):
     apply = lambda w, a: net.apply({'params': w}, x, a)
     loss = lambda w, a: jnp.mean(jnp.sin(apply(w, a)))
     return lambda w, a: (apply(w, a), jax.grad(
         lambda a: jax.jvp(lambda w: loss(w, a), (w,), (tangent,))[1])(a))
 
   (logits, mixed), (want_logits, want_mixed) = _run_all(
-      [(derivatives(nets[impl]), (params, arch))
-       for impl in ('scanned', 'stacked')])
+      [(derivatives(nets['scanned'], packed_tangent), (packed, arch)),
+       (derivatives(nets['stacked'], tangent), (params, arch))])
   np.testing.assert_allclose(logits, want_logits, rtol=1e-5,
                              atol=1e-5 * np.abs(want_logits).max())
   _assert_trees_close(mixed, want_mixed, 1e-4)
@@ -339,3 +346,22 @@ def test_search_init_of_stacked_leaves_excludes_the_edge_axis():
   assert kernel.shape == (2 * NODES, 5, 5, 1, 8)
   bound = 1 / 5  # fan-in 5 * 5 per edge
   assert bound * 0.9 < np.abs(kernel).max() <= bound
+
+
+def test_search_init_of_packed_leaves_is_each_edges_fan_in():
+  from sparsenas_jax.experiments import cnn_search  # pylint: disable=g-import-not-at-top
+  arch = supernet.init_arch(jax.random.key(0), nodes=NODES)
+  net = models.SearchNetwork(C=8, num_classes=3, layers=3, nodes=NODES,
+                             cell_impl='scanned')
+  weights = cnn_search.init_weights(net, jnp.zeros((1, 8, 8, 1)), arch, 0)
+  stage = weights['cell_1']['stage_0']  # a reduction cell's inputs' edges
+  # [K, K, edges, C]: fan-in K * K; [ops, edges, C_out, C]: fan-in C;
+  # factorized reduce [2, sources, targets, C, C // 2]: fan-in C.
+  for kernel, shape, fan_in in [
+      (stage['conv_0']['dil_conv_5x5'], (5, 5, 2 * NODES, 16), 25),
+      (stage['conv_1']['sep_conv_3x3'], (3, 3, 2 * NODES, 16), 9),
+      (stage['pointwise_0'], (4, 2 * NODES, 16, 16), 16),
+      (stage['factorized_reduce'], (2, 2, NODES, 16, 8), 16)]:
+    assert kernel.shape == shape
+    bound = 1 / np.sqrt(fan_in)
+    assert bound * 0.9 < np.abs(kernel).max() <= bound

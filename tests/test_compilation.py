@@ -157,3 +157,18 @@ def test_store_key_covers_the_whole_package_source():
   for name in ('models/supernet.py', 'optim/hapg.py', 'genotype.py',
                'experiments/cnn_search.py', 'runtime/compilation.py'):
     assert name in files, name
+
+
+def test_program_kernels_counts_distinct_kernels_once():
+  # Six elementwise loops over six inputs: five of one computation (x * 2,
+  # tanh, + 1), one of another (x * 3): six kernels, two distinct.
+  def f(xs):
+    return ([jnp.tanh(x * 2.0) + 1.0 for x in xs[:5]] +
+            [jnp.tanh(xs[5] * 3.0)])
+  xs = [jnp.zeros((16, 64)) for _ in range(6)]
+  compiled = jax.jit(f).lower(xs).compile()
+  assert compilation.program_kernels(compiled) == (6, 2)
+  lazy = compilation.LazyCompiled(f)
+  assert lazy.kernels is None
+  lazy(xs)
+  assert lazy.kernels == (6, 2)

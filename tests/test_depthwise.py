@@ -37,7 +37,7 @@ def _channels_last(x):
 def _data(size, k, seed, edges=2):
   rng = np.random.default_rng(seed)
   x = rng.normal(size=(edges, 2, size, size, C)).astype(np.float32)
-  kernel = rng.normal(size=(edges, k, k, C)).astype(np.float32)
+  kernel = rng.normal(size=(k, k, edges, C)).astype(np.float32)
   return x, kernel, rng
 
 
@@ -56,8 +56,8 @@ def test_every_derivative_matches_lax_conv(size, stride, dilation, k):
 
   def lax_conv(x, kernel):
     return jnp.stack([
-        ops_lib.depthwise_conv2d(x[e], kernel[e][:, :, None], stride=stride,
-                                 dilation=dilation)
+        ops_lib.depthwise_conv2d(x[e], kernel[:, :, e:e + 1],
+                                 stride=stride, dilation=dilation)
         for e in range(x.shape[0])])
 
   def derivatives(f, x, kernel):
@@ -93,7 +93,7 @@ def test_transposition_identities(size, stride, dilation, k):
   def inner(x, kernel, g):
     y = depthwise.conv(x, kernel, stride, dilation)
     xt = depthwise.conv_transpose(g, kernel, x.shape[-2:], stride, dilation)
-    kt = depthwise.kernel_grad(x, g, kernel.shape[1], stride, dilation)
+    kt = depthwise.kernel_grad(x, g, kernel.shape[0], stride, dilation)
     return jnp.vdot(y, g), jnp.vdot(x, xt), jnp.vdot(kernel, kt)
 
   a, b, c = (float(v) for v in _run(inner, x, kernel, g))
@@ -104,7 +104,7 @@ def test_vmap_matches_a_loop():
   x, kernel, rng = _data(6, 3, 3, edges=6)
   x = _channels_first(x)
   x = x.reshape((2, 3) + x.shape[1:])
-  kernel = kernel.reshape(2, 3, 3, 3, C)
+  kernel = jnp.moveaxis(kernel.reshape(3, 3, 2, 3, C), 2, 0)  # [2, K, K, 3, C]
   f = lambda x, kernel: jnp.sum(jnp.sin(depthwise.conv(x, kernel, 2, 1)))
   grads = lambda x, kernel: jax.grad(f, argnums=(0, 1))(x, kernel)
   got = _run(jax.vmap(grads), x, kernel)
@@ -127,7 +127,7 @@ def test_derivatives_have_no_pad_or_reduction_per_tap(order):
   # cotangent would be 25 pads and its kernel cotangent 25 reductions; the
   # derivatives of every order here are the three primitives only.
   x = jnp.zeros((2, C, 3, 9, 9))
-  kernel = jnp.zeros((2, 5, 5, C))
+  kernel = jnp.zeros((5, 5, 2, C))
   v = jnp.ones_like(kernel)
   f = lambda x, kernel: jnp.sum(jnp.sin(depthwise.conv(x, kernel, 1, 2)))
   programs = {
@@ -146,7 +146,7 @@ def test_derivatives_have_no_pad_or_reduction_per_tap(order):
 
 def test_kernel_grad_is_one_reduction_in_the_compiled_program():
   x = jnp.zeros((2, C, 3, 9, 9))
-  kernel = jnp.zeros((2, 5, 5, C))
+  kernel = jnp.zeros((5, 5, 2, C))
   def reductions(conv):
     f = lambda x, kernel: jnp.sum(conv(x, kernel) * x)
     hlo = jax.jit(jax.grad(f, argnums=1)).lower(x, kernel).as_text()
@@ -161,13 +161,15 @@ def test_kernel_grad_is_one_reduction_in_the_compiled_program():
 def test_bad_shapes_raise_one_line_errors():
   x = jnp.zeros((2, C, 3, 8, 8))
   with pytest.raises(ValueError, match=r'expected feature maps \[L, C, N'):
-    depthwise.conv(x[0], jnp.zeros((2, 3, 3, C)))
+    depthwise.conv(x[0], jnp.zeros((3, 3, 2, C)))
   with pytest.raises(ValueError, match='does not match feature maps'):
-    depthwise.conv(x, jnp.zeros((2, 3, 3, C + 1)))
+    depthwise.conv(x, jnp.zeros((3, 3, 2, C + 1)))
+  with pytest.raises(ValueError, match='does not match feature maps'):
+    depthwise.conv(x, jnp.zeros((2, 3, 3, C)))  # the old [L, K, K, C]
   with pytest.raises(ValueError, match='must be odd'):
-    depthwise.conv(x, jnp.zeros((2, 4, 4, C)))
+    depthwise.conv(x, jnp.zeros((4, 4, 2, C)))
   with pytest.raises(ValueError, match='does not come from an input'):
-    depthwise.conv_transpose(x, jnp.zeros((2, 3, 3, C)), (8, 8), stride=2)
+    depthwise.conv_transpose(x, jnp.zeros((3, 3, 2, C)), (8, 8), stride=2)
   with pytest.raises(ValueError, match='is not shaped like conv'):
     depthwise.kernel_grad(x, x, 3, stride=2)
 
@@ -197,7 +199,7 @@ def test_grouped_conv_lowering_computes_the_same_maps(size, stride, dilation,
 
 def test_each_backend_lowers_to_its_formulation():
   x = jnp.zeros((2, C, 3, 9, 9))
-  kernel = jnp.zeros((2, 5, 5, C))
+  kernel = jnp.zeros((5, 5, 2, C))
   f = jax.grad(lambda x, kernel: jnp.sum(jnp.sin(
       depthwise.conv(x, kernel, 2, 2))), argnums=(0, 1))
   traced = jax.jit(f).trace(x, kernel)

@@ -37,6 +37,7 @@ from sparsenas_jax import genotype as genotype_lib
 from sparsenas_jax import viz
 from sparsenas_jax.errors import ConfigError
 from sparsenas_jax.experiments import common
+from sparsenas_jax.models import batched_cell
 from sparsenas_jax.models import complexity
 from sparsenas_jax.models import initialization
 from sparsenas_jax.models import supernet
@@ -171,12 +172,14 @@ def init_weights(model, sample, arch, seed: int):
   """Network weights with PyTorch's default fan-in uniform init, in NumPy
   (``models.initialization``; the classifier bias starts at zero). Leaves of
   the stacked layout (under ``stage_{k}``) have a leading edge axis, which
-  is not part of the fan-in."""
+  is not part of the fan-in; those of the packed layout say their fan-in
+  (``batched_cell.packed_fan_in``)."""
   shapes = jax.eval_shape(
       lambda: model.init(jax.random.key(0), sample, arch))['params']
   stacked = lambda path: int(any(
       str(getattr(k, 'key', '')).startswith('stage_') for k in path))
-  return initialization.fan_in_uniform(shapes, seed, leading_axes=stacked)
+  return initialization.fan_in_uniform(shapes, seed, leading_axes=stacked,
+                                       fan_in=batched_cell.packed_fan_in)
 
 
 def weight_schedule(config, total_steps: int):
@@ -218,11 +221,10 @@ def make_search_step(config, model, weight_opt, arch_opt, total_steps,
   program. With ``split=True`` it is plain Python calling separately
   compiled programs (``compilation.LazyCompiled``, compiled on the first
   step, and only those the hypergradient mode calls): the
-  loss gradients (``grads``: ∇_w and ∇_A; also the architecture gradients
-  of the first-order step and of the finite-difference points, so that
-  those modes compile one large program), the mixed second derivative of
-  the exact mode, and small programs for augmentation and the two
-  optimizer updates. The arithmetic is the same; separately compiled
+  loss gradients (``grads``: ∇_w and ∇_A), the architecture gradients alone
+  (``arch_grads``: the first-order step's and the finite-difference
+  points'), the mixed second derivative of the exact mode, and small
+  programs for augmentation and the two optimizer updates. The arithmetic is the same; separately compiled
   pieces compile faster on XLA:CPU and peak at the memory of the largest
   piece. ``step.pieces`` holds the programs (their ``compile_s``); with a
   ``compilation.ExecutableStore`` as ``store`` they are loaded from there
@@ -246,6 +248,11 @@ def make_search_step(config, model, weight_opt, arch_opt, total_steps,
         has_aux=True)(weights, arch, batch)
     return loss, jnp.mean(jnp.argmax(logits, -1) == batch['label']), g_w, g_a
 
+  def arch_grads(weights, arch, batch):
+    """(loss, ∇_A loss): no weight gradients to compute."""
+    return jax.value_and_grad(
+        lambda a: _loss_and_logits(model, weights, a, batch)[0])(arch)
+
   def arch_update(arch_grad, arch_opt_state, arch):
     updates, arch_opt_state = arch_opt.update(arch_grad, arch_opt_state, arch)
     return optax.apply_updates(arch, updates), arch_opt_state
@@ -267,7 +274,7 @@ def make_search_step(config, model, weight_opt, arch_opt, total_steps,
   train_loss = lambda w, a, batch: _loss_and_logits(model, w, a, batch)[0]
   mixed_product = bilevel.autodiff_derivatives(
       train_loss, train_loss).mixed_product
-  pieces = {'augment': augment, 'grads': grads,
+  pieces = {'augment': augment, 'grads': grads, 'arch_grads': arch_grads,
             'mixed_product': mixed_product, 'arch_update': arch_update,
             'weight_update': weight_update}
   if split:
@@ -277,11 +284,12 @@ def make_search_step(config, model, weight_opt, arch_opt, total_steps,
   loss_grads = lambda w, a, batch: (lambda r: (r[0], r[2], r[3]))(
       pieces['grads'](w, a, batch))
   # The architecture gradients of the first-order step and of the finite
-  # differences come from the gradient program too (weight gradients
-  # unused): a program fewer to compile, for a slower architecture step
-  # (docs/performance.md).
+  # differences skip the weight gradients: a program more to compile, for
+  # a faster architecture step (docs/performance.md).
   derivatives = bilevel.Derivatives(
-      loss_grads, loss_grads, pieces['mixed_product'])
+      loss_grads, loss_grads, pieces['mixed_product'],
+      train_arch_grads=pieces['arch_grads'],
+      val_arch_grads=pieces['arch_grads'])
 
   def step(state: SearchState, batch, key):
     train_batch, val_batch = pieces['augment'](key, batch)

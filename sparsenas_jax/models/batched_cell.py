@@ -231,6 +231,32 @@ def stacked_to_reference_params(params: Mapping[str, Any], *, nodes: int
   return _cells(params, convert)
 
 
+def stacked_to_packed_params(params: Mapping[str, Any], *, nodes: int,
+                             ops: Sequence[str]) -> dict[str, Any]:
+  """``SearchNetwork`` params from the stacked to the packed layout.
+
+  Args:
+    params: the ``params`` collection of a ``SearchNetwork`` with
+      ``cell_impl='stacked'``.
+    nodes: intermediate nodes per cell.
+    ops: the network's op names.
+
+  Returns:
+    The params of the same network with ``cell_impl='scanned'`` (the packed
+    layout, ``PackedStageParams``), computing the same function.
+  """
+  def convert(cell):
+    out = {k: cell[k] for k in ('preprocess0', 'preprocess1')}
+    for k in range(nodes):
+      stage_params = cell[f'stage_{k}']
+      # Only a reduction cell's first stage has skip_connect params.
+      stride = 2 if 'skip_connect' in stage_params else 1
+      out[f'stage_{k}'] = pack_stage_params(
+          stage_params, ops=ops, stride=stride, num_sources=2 if k == 0 else 1)
+    return out
+  return _cells(params, convert)
+
+
 # ----------------------------------------------------------------------------
 # Packing: a stage's stacked params to the layout of its batched ops.
 # ----------------------------------------------------------------------------
@@ -243,21 +269,24 @@ def _conv_members(ops: Sequence[str]) -> list[str]:
           [op for op in conv if search_space.CONV_OPS[op].blocks == 1])
 
 
-def _pack_block(stacked, members: Sequence[str], block: str
+def _pack_block(stacked, members: Sequence[str], block: int
                 ) -> dict[str, Any]:
   def leaf(op, name):
     p = stacked[op]
-    return (p[block] if search_space.CONV_OPS[op].blocks == 2 else p)[name]
+    return (p[f'block_{block}'] if search_space.CONV_OPS[op].blocks == 2
+            else p)[name]
 
-  return {'depthwise': tuple(leaf(op, 'depthwise')[..., 0, :]
-                             for op in members),
-          'pointwise': jnp.concatenate(
-              [leaf(op, 'pointwise')[:, 0, 0] for op in members])}
+  return {f'conv_{block}': {
+      op: jnp.transpose(leaf(op, 'depthwise')[..., 0, :], (1, 2, 0, 3))
+      for op in members},
+          f'pointwise_{block}': jnp.stack(
+              [jnp.swapaxes(leaf(op, 'pointwise')[:, 0, 0], 1, 2)
+               for op in members])}
 
 
 def pack_stage_params(stacked: Mapping[str, Any], *, ops: Sequence[str],
                       stride: int, num_sources: int) -> dict[str, Any]:
-  """A stage's params in the layout of its batched ops.
+  """A stage's stacked params in the packed layout (``PackedStageParams``).
 
   Args:
     stacked: ``{op: op_params}``, each leaf with a leading axis over the
@@ -267,19 +296,15 @@ def pack_stage_params(stacked: Mapping[str, Any], *, ops: Sequence[str],
     num_sources: S.
 
   Returns:
-    ``{'block_0': {'depthwise': (kernel, ...), 'pointwise': [M * E, C, C]},
-    'block_1': {...}, 'factorized_reduce': [2, S, T, C, C // 2]}``, with
-    ``block_1`` only if there are SepConvs and ``factorized_reduce`` only for
-    ``skip_connect`` at stride 2. The M conv ops are in the order of
-    ``_conv_members``, one depthwise kernel ``[E, K, K, C]`` each.
+    The same params as ``PackedStageParams`` lays them out.
   """
   packed = {}
   members = _conv_members(ops)
   if members:
-    packed['block_0'] = _pack_block(stacked, members, 'block_0')
+    packed.update(_pack_block(stacked, members, 0))
     sep = [op for op in members if search_space.CONV_OPS[op].blocks == 2]
     if sep:
-      packed['block_1'] = _pack_block(stacked, sep, 'block_1')
+      packed.update(_pack_block(stacked, sep, 1))
   if 'skip_connect' in ops and stride == 2:
     kernels = jnp.stack([stacked['skip_connect'][f'kernel_{q}'][:, 0, 0]
                          for q in range(2)])  # [2, E, C, C // 2]
@@ -287,6 +312,102 @@ def pack_stage_params(stacked: Mapping[str, Any], *, ops: Sequence[str],
     packed['factorized_reduce'] = kernels.reshape(
         (2, num_sources, e // num_sources) + kernels.shape[2:])
   return packed
+
+
+def _uniform(fan_in: int):
+  """``conv_init`` of a kernel whose fan-in is ``fan_in``, whatever its
+  layout: U(-1/√fan_in, 1/√fan_in)."""
+  bound = 1 / np.sqrt(fan_in)
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(
+      key, shape, dtype, -bound, bound)
+
+
+class _DepthwiseKernels(nn.Module):
+  """Declares ``{op: [K, K, E, C]}`` depthwise kernels, fan-in K²."""
+  sizes: tuple[tuple[str, int], ...]
+  num_edges: int
+  channels: int
+
+  @nn.compact
+  def __call__(self) -> dict[str, jax.Array]:
+    return {op: self.param(op, _uniform(k * k),
+                           (k, k, self.num_edges, self.channels))
+            for op, k in self.sizes}
+
+
+class PackedStageParams(nn.Module):
+  """Declares a stage's params in the layout its computation reads.
+
+  The same params as a ``MixedOpParams`` stage (one ``MixedOp`` per edge,
+  E = S * T edges ordered (source, target)), each kind of kernel of all
+  the stage's edges in one leaf, laid out as ``stage`` consumes it, so no
+  param is sliced, stacked, transposed or concatenated on the way in (nor
+  its gradient on the way out):
+
+  * ``conv_0``: ``{op: [K, K, E, C]}``, the depthwise kernel of each conv
+    op's first block (taps first: ``depthwise.conv``'s layout);
+    ``conv_1``: the SepConvs' second block;
+  * ``pointwise_0``: ``[M, E, C_out, C]``, the 1x1 kernels of the M conv
+    ops' first block, in the order of ``conv_0``; ``pointwise_1``: the
+    SepConvs' second block;
+  * ``factorized_reduce``: ``[2, S, T, C, C // 2]``, ``skip_connect`` at
+    stride 2 (FactorizedReduce's ``kernel_0``, ``kernel_1``).
+
+  Each kernel is drawn as ``conv_init`` draws the edge's (``packed_fan_in``
+  gives each leaf's fan-in). ``pack_stage_params`` converts the stacked
+  layout to this one.
+
+  Attributes:
+    channels: C.
+    stride: 1, or 2 on the edges leaving a reduction cell's inputs.
+    ops: op names.
+    sources: S.
+    targets: T.
+  """
+  channels: int
+  stride: int
+  ops: Sequence[str]
+  sources: int
+  targets: int
+
+  @nn.compact
+  def __call__(self) -> dict[str, Any]:
+    c, e = self.channels, self.sources * self.targets
+    members = _conv_members(self.ops)
+    blocks = [members,
+              [op for op in members if search_space.CONV_OPS[op].blocks == 2]]
+    out = {}
+    for b, block in enumerate(blocks):
+      if not block:
+        continue
+      sizes = tuple((op, search_space.CONV_OPS[op].kernel_size)
+                    for op in block)
+      out[f'conv_{b}'] = _DepthwiseKernels(sizes, e, c, name=f'conv_{b}')()
+      out[f'pointwise_{b}'] = self.param(f'pointwise_{b}', _uniform(c),
+                                         (len(block), e, c, c))
+    if 'skip_connect' in self.ops and self.stride == 2:
+      out['factorized_reduce'] = self.param(
+          'factorized_reduce', _uniform(c),
+          (2, self.sources, self.targets, c, c // 2))
+    return out
+
+
+def packed_fan_in(path: Sequence[Any], shape: Sequence[int]
+                  ) -> Optional[int]:
+  """The fan-in of a ``PackedStageParams`` leaf, None for any other leaf.
+
+  Args:
+    path: the leaf's key path in a params tree.
+    shape: its shape.
+  """
+  names = [''] * 3 + [str(getattr(k, 'key', k)) for k in path]
+  if names[-3].startswith('stage_') and names[-2].startswith('conv_'):
+    return shape[0] * shape[1]
+  if names[-2].startswith('stage_') and names[-1].startswith('pointwise_'):
+    return shape[-1]
+  if names[-2].startswith('stage_') and names[-1] == 'factorized_reduce':
+    return shape[-2]
+  return None
 
 
 # ----------------------------------------------------------------------------
@@ -323,18 +444,18 @@ def _pointwise(y: jax.Array, kernels: jax.Array) -> jax.Array:
 
   Args:
     y: ``[L, C, N, H, W]``.
-    kernels: ``[L, C, C_out]``.
+    kernels: ``[L, C_out, C]``.
 
   Returns:
     ``[L, C_out, N, H, W]``.
   """
   l, c, n, h, w = y.shape
-  kernels = jnp.swapaxes(kernels, 1, 2).astype(y.dtype)  # [L, C_out, C]
-  out = jnp.einsum('ldc,lcm->ldm', kernels, y.reshape(l, c, n * h * w))
+  out = jnp.einsum('ldc,lcm->ldm', kernels.astype(y.dtype),
+                   y.reshape(l, c, n * h * w))
   return out.reshape(l, -1, n, h, w)
 
 
-def _conv_block(x: jax.Array, members: Sequence[str], packed, *,
+def _conv_block(x: jax.Array, members: Sequence[str], packed, block: int, *,
                 shared_input: bool, stride: int) -> jax.Array:
   """ReLU, depthwise, pointwise of several conv ops, before batch norm.
 
@@ -342,7 +463,8 @@ def _conv_block(x: jax.Array, members: Sequence[str], packed, *,
     x: ``[E, C, N, H, W]``, the input of every op (``shared_input``), or
       ``[M * E, C, N, H, W]``, ordered (op, edge).
     members: the M ops, in the order of the packed params.
-    packed: ``{'depthwise': ..., 'pointwise': ...}`` of ``_pack_block``.
+    packed: the stage's packed params (``PackedStageParams``).
+    block: which block of the ops (0, or 1 for the SepConvs' second).
     shared_input: whether every op reads the same ``x``.
     stride: stride of the depthwise convs.
 
@@ -351,11 +473,13 @@ def _conv_block(x: jax.Array, members: Sequence[str], packed, *,
   """
   x = nn.relu(x)
   e = x.shape[0] if shared_input else x.shape[0] // len(members)
+  kernels = packed[f'conv_{block}']
   y = jnp.concatenate([
-      depthwise.conv(x if shared_input else x[m * e:(m + 1) * e], kernel,
-                     stride, search_space.CONV_OPS[op].dilation)
-      for m, (op, kernel) in enumerate(zip(members, packed['depthwise']))])
-  return _pointwise(y, packed['pointwise'])
+      depthwise.conv(x if shared_input else x[m * e:(m + 1) * e],
+                     kernels[op], stride, search_space.CONV_OPS[op].dilation)
+      for m, op in enumerate(members)])
+  pointwise = packed[f'pointwise_{block}']
+  return _pointwise(y, pointwise.reshape((-1,) + pointwise.shape[2:]))
 
 
 def _factorized_reduce(x: jax.Array, kernels: jax.Array) -> jax.Array:
@@ -440,7 +564,7 @@ def stage(x: jax.Array, weights: jax.Array, packed, *, stride: int,
   if members:
     per_edge_x = jnp.broadcast_to(x[:, None], (s_count, t_count) + x.shape[1:])
     pre_bn.append(_conv_block(per_edge_x.reshape((-1,) + x.shape[1:]),
-                              members, packed['block_0'], shared_input=True,
+                              members, packed, 0, shared_input=True,
                               stride=stride))
   normed = _batch_norms(pre_bn)
 
@@ -467,8 +591,7 @@ def stage(x: jax.Array, weights: jax.Array, packed, *, stride: int,
     block_0 = normed[-1]
     split = len(sep) * s_count * t_count
     if sep:
-      block_1 = _batch_norm(_conv_block(block_0[:split], sep,
-                                        packed['block_1'],
+      block_1 = _batch_norm(_conv_block(block_0[:split], sep, packed, 1,
                                         shared_input=False, stride=1))
       terms.append(mix(block_1, sep, t_count))
     if len(members) > len(sep):
@@ -476,8 +599,23 @@ def stage(x: jax.Array, weights: jax.Array, packed, *, stride: int,
   return sum(terms[1:], terms[0]).reshape(t_count, c, n, ho, wo)
 
 
+def _pad_edges(params, missing: int, packed: bool):
+  """``missing`` zero edges in front of a stage's edge axis: axis 0 of the
+  stacked layout; of a packed layout, axis 2 of a depthwise kernel, 1 of a
+  pointwise one."""
+  def pad(path, a):
+    axis = 0
+    if packed:
+      axis = 1 if str(getattr(path[-1], 'key', '')).startswith(
+          'pointwise_') else 2
+    widths = [(0, 0)] * a.ndim
+    widths[axis] = (missing, 0)
+    return jnp.pad(a, widths)
+  return jax.tree_util.tree_map_with_path(pad, params)
+
+
 def _scanned_nodes(x, rows_of, stage_params, apply, *, reduction: bool,
-                   nodes: int) -> jax.Array:
+                   nodes: int, packed: bool) -> jax.Array:
   """``cell_nodes`` with stages 1, ..., nodes - 1 as one ``lax.scan``.
 
   Stage 0 (the edges from the cell's inputs) is computed as in
@@ -489,17 +627,12 @@ def _scanned_nodes(x, rows_of, stage_params, apply, *, reduction: bool,
   ``(nodes - 1)(nodes - 2) / 2`` zero edges of arithmetic per cell.
   """
   all_edges = stage_edges(nodes)
-
-  def padded(tree, missing):  # zero edges in front of the leading axis
-    return jax.tree.map(
-        lambda a: jnp.pad(a, ((missing, 0),) + ((0, 0),) * (a.ndim - 1)),
-        tree)
-
   partial = apply(x, rows_of(all_edges[0]), stage_params[0],
                   2 if reduction else 1)
-  rows = jnp.stack([padded(rows_of(all_edges[k])[0], k - 1)[None]
+  rows = jnp.stack([_pad_edges(rows_of(all_edges[k])[0], k - 1,
+                               False)[None]
                     for k in range(1, nodes)])  # [n - 1, 1, n - 1, ops]
-  params = stack_edge_params([padded(stage_params[k], k - 1)
+  params = stack_edge_params([_pad_edges(stage_params[k], k - 1, packed)
                               for k in range(1, nodes)])
 
   def body(carry, xs):
@@ -518,21 +651,23 @@ def _scanned_nodes(x, rows_of, stage_params, apply, *, reduction: bool,
 
 def cell_nodes(x: jax.Array, weights: Mapping[str, jax.Array],
                stage_params: Sequence[Mapping[str, Any]], *, reduction: bool,
-               nodes: int, ops: Sequence[str], scan: bool = False
-               ) -> jax.Array:
+               nodes: int, ops: Sequence[str], scan: bool = False,
+               packed: bool = False) -> jax.Array:
   """The intermediate nodes of a search cell, computed stage by stage.
 
   Args:
     x: ``[2, C, N, H, W]``, the two preprocessed cell inputs.
     weights: ``{f'node_{j}': [j + 2, len(ops)]}``, one cell type of the arch.
-    stage_params: per stage, ``{op: op_params}`` with a leading axis over the
-      stage's edges (``stage_edges``).
+    stage_params: per stage, the params of its edges (``stage_edges``):
+      ``{op: op_params}`` with a leading edge axis (the stacked layout), or
+      ``PackedStageParams``'s tree (``packed``).
     reduction: whether the edges from the inputs have stride 2.
     nodes: intermediate nodes.
     ops: op names.
     scan: compute stages 1, ..., nodes - 1 (the edges leaving intermediate
       nodes) as one ``lax.scan`` (``_scanned_nodes``): a smaller program,
       the same function up to the order of sums.
+    packed: ``stage_params`` are in the packed layout.
 
   Returns:
     ``[N, H', W', nodes * C]``, the nodes concatenated, as ``SearchCell``.
@@ -548,13 +683,14 @@ def cell_nodes(x: jax.Array, weights: Mapping[str, jax.Array],
                       for row in edges])
 
   def apply(source, rows, params, stride=1):
-    packed = pack_stage_params(params, ops=ops, stride=stride,
-                               num_sources=rows.shape[0])
-    return stage(source, rows, packed, stride=stride, ops=ops)
+    if not packed:
+      params = pack_stage_params(params, ops=ops, stride=stride,
+                                 num_sources=rows.shape[0])
+    return stage(source, rows, params, stride=stride, ops=ops)
 
   if scan and nodes > 2:
     return _scanned_nodes(x, rows_of, stage_params, apply,
-                          reduction=reduction, nodes=nodes)
+                          reduction=reduction, nodes=nodes, packed=packed)
 
   outputs = []
   partial = None  # [nodes not yet complete, C, N, H', W']

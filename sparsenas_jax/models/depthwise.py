@@ -2,8 +2,11 @@
 
 The search cell (``batched_cell``) convolves many edges at once: feature
 maps ``x: [L, C, N, H, W]`` (L stacked edges, channels before the batch),
-each ``x[l]`` with its own depthwise kernel ``kernel[l]: [K, K, C]``, same
-padding, stride s, dilation d. Written with elementwise ops only, such a
+each ``x[l]`` with its own depthwise kernel ``kernel[:, :, l]: [K, K, C]``,
+same padding, stride s, dilation d. Kernels are ``[K, K, L, C]``, the taps
+first (a depthwise HWIO kernel, with the edges in the input-channel place),
+so that a tap's scales ``kernel[a, b]`` are one contiguous ``[L, C]`` block
+and no layout change is compiled on either side of the primitives. Written with elementwise ops only, such a
 convolution is a sum of K * K shifted, scaled slices of the padded input,
 which XLA fuses into one loop; XLA:CPU runs ``lax.conv_general_dilated``
 with ``feature_group_count`` several times slower.
@@ -15,7 +18,7 @@ hundreds per cell, most of the compile time). Here the convolution and the
 two maps its derivatives need are primitives, each lowered to one compact
 computation, and each one's derivatives are the others':
 
-* ``conv(x, kernel)``: ``y[l,c,n,i,j] = Σ_{a,b} kernel[l,a,b,c]
+* ``conv(x, kernel)``: ``y[l,c,n,i,j] = Σ_{a,b} kernel[a,b,l,c]
   x_pad[l,c,n, s i + d a, s j + d b]``, one fused loop of slices;
 * ``conv_transpose(g, kernel)``: the transpose of ``x ↦ conv(x, kernel)``,
   the correlation of ``g`` (dilated by s, padded) with the flipped kernel,
@@ -67,15 +70,16 @@ def _check(name: str, x, kernel_like, kernel_size: int):
   if x.ndim != 5:
     raise ValueError(f'depthwise.{name}: expected feature maps [L, C, N, H, '
                      f'W], got shape {x.shape}.')
+  if kernel_like is not None and (
+      kernel_like.ndim != 4 or kernel_like.shape[0] != kernel_like.shape[1] or
+      kernel_like.shape[2] != x.shape[0] or
+      kernel_like.shape[3] != x.shape[1]):
+    raise ValueError(f'depthwise.{name}: kernel {kernel_like.shape} does not '
+                     f'match feature maps {x.shape} ([K, K, L, C] for '
+                     f'[L, C, N, H, W]).')
   if kernel_size % 2 != 1:
     raise ValueError(f'depthwise.{name}: the kernel size must be odd, got '
                      f'{kernel_size}.')
-  if kernel_like is not None and (
-      kernel_like.shape[0] != x.shape[0] or
-      kernel_like.shape[-1] != x.shape[1]):
-    raise ValueError(f'depthwise.{name}: kernel {kernel_like.shape} does not '
-                     f'match feature maps {x.shape} ([L, K, K, C] for '
-                     f'[L, C, N, H, W]).')
 
 
 # ----------------------------------------------------------------------------
@@ -95,22 +99,24 @@ def _taps(xp, kernel_size: int, stride: int, dilation: int, out_hw):
       yield lax.slice(xp, start, limit, (1, 1, 1, stride, stride))
 
 
-def _correlate(xp, kernel, stride: int, dilation: int, out_hw):
-  """``Σ_{a,b} kernel[l,a,b,c] · slice_{a,b}(xp)``: one fused loop."""
-  k = kernel.shape[1]
-  l, c = kernel.shape[0], kernel.shape[-1]
-  taps = jnp.transpose(kernel, (1, 2, 0, 3)).reshape(k * k, l, c)
+def _correlate(xp, kernel, stride: int, dilation: int, out_hw, *,
+               flip: bool = False):
+  """``Σ_{a,b} kernel[a,b,l,c] · slice_{a,b}(xp)``: one fused loop; with
+  ``flip``, the kernel rotated by 180 degrees (``kernel[K-1-a, K-1-b]``)."""
+  k = kernel.shape[0]
+  taps = kernel.reshape((k * k,) + kernel.shape[2:])
   out = None
   for t, shifted in enumerate(_taps(xp, k, stride, dilation, out_hw)):
-    scale = lax.broadcast_in_dim(lax.index_in_dim(taps, t, keepdims=False),
-                                 shifted.shape, (0, 1))
+    scale = lax.broadcast_in_dim(
+        lax.index_in_dim(taps, k * k - 1 - t if flip else t, keepdims=False),
+        shifted.shape, (0, 1))
     term = lax.mul(shifted, scale)
     out = term if out is None else lax.add(out, term)
   return out
 
 
 def _conv_impl(x, kernel, *, stride, dilation):
-  pad = _pad(kernel.shape[1], dilation)
+  pad = _pad(kernel.shape[0], dilation)
   h, w = x.shape[-2:]
   xp = lax.pad(x, np.array(0, x.dtype),
                [(0, 0, 0)] * 3 + [(pad, pad, 0)] * 2)
@@ -119,12 +125,12 @@ def _conv_impl(x, kernel, *, stride, dilation):
 
 
 def _conv_transpose_impl(g, kernel, *, stride, dilation, in_hw):
-  pad = _pad(kernel.shape[1], dilation)
+  pad = _pad(kernel.shape[0], dilation)
   config = [(0, 0, 0)] * 3 + [
       (pad, size + pad - (out - 1) * stride - 1, stride - 1)
       for size, out in zip(in_hw, g.shape[-2:])]
   gz = lax.pad(g, np.array(0, g.dtype), config)
-  return _correlate(gz, kernel[:, ::-1, ::-1], 1, dilation, in_hw)
+  return _correlate(gz, kernel, 1, dilation, in_hw, flip=True)
 
 
 def _kernel_grad_impl(x, g, *, stride, dilation, kernel_size):
@@ -139,7 +145,7 @@ def _kernel_grad_impl(x, g, *, stride, dilation, kernel_size):
                     lambda u, v: [lax.add(p, q) for p, q in zip(u, v)],
                     (2, 3, 4))  # K * K arrays [L, C]
   l, c = x.shape[:2]
-  out = jnp.stack(sums, axis=1).reshape(l, kernel_size, kernel_size, c)
+  out = jnp.stack(sums).reshape(kernel_size, kernel_size, l, c)
   return out.astype(x.dtype)
 
 
@@ -150,9 +156,9 @@ def _kernel_grad_impl(x, g, *, stride, dilation, kernel_size):
 
 def _grouped_conv(x, kernel, stride, dilation):
   l, c, n, h, w = x.shape
-  k = kernel.shape[1]
+  k = kernel.shape[0]
   pad = _pad(k, dilation)
-  rhs = jnp.transpose(kernel, (1, 2, 0, 3)).reshape(k, k, 1, l * c)
+  rhs = kernel.reshape(k, k, 1, l * c)
   out = lax.conv_general_dilated(
       x.reshape(l * c, n, h, w), rhs, (stride, stride), [(pad, pad)] * 2,
       rhs_dilation=(dilation, dilation),
@@ -172,7 +178,7 @@ def _grouped_conv_transpose_impl(g, kernel, *, stride, dilation, in_hw):
 
 def _grouped_kernel_grad_impl(x, g, *, stride, dilation, kernel_size):
   kernel = jax.ShapeDtypeStruct(
-      (x.shape[0], kernel_size, kernel_size, x.shape[1]), x.dtype)
+      (kernel_size, kernel_size) + x.shape[:2], x.dtype)
   return jax.linear_transpose(
       lambda k: _grouped_conv(x, k, stride, dilation), kernel)(g)[0]
 
@@ -213,8 +219,8 @@ def _conv_transpose_abstract(g, kernel, *, stride, dilation, in_hw):
 
 def _kernel_grad_abstract(x, g, *, stride, dilation, kernel_size):
   del g, stride, dilation
-  return jax.core.ShapedArray(
-      (x.shape[0], kernel_size, kernel_size, x.shape[1]), x.dtype)
+  return jax.core.ShapedArray((kernel_size, kernel_size) + x.shape[:2],
+                              x.dtype)
 
 
 conv_p = _primitive('conv', _conv_impl, _grouped_conv_impl, _conv_abstract,
@@ -240,14 +246,14 @@ ad.defbilinear(
         in_hw=tuple(_shape(x)[-2:])),
     lambda ct, x, kernel, *, stride, dilation: kernel_grad_p.bind(
         x, ct, stride=stride, dilation=dilation,
-        kernel_size=_shape(kernel)[1]))
+        kernel_size=_shape(kernel)[0]))
 ad.defbilinear(
     conv_transpose_p,
     lambda ct, g, kernel, *, stride, dilation, in_hw: conv_p.bind(
         ct, kernel, stride=stride, dilation=dilation),
     lambda ct, g, kernel, *, stride, dilation, in_hw: kernel_grad_p.bind(
         ct, g, stride=stride, dilation=dilation,
-        kernel_size=_shape(kernel)[1]))
+        kernel_size=_shape(kernel)[0]))
 ad.defbilinear(
     kernel_grad_p,
     lambda ct, x, g, *, stride, dilation, kernel_size: conv_transpose_p.bind(
@@ -257,21 +263,32 @@ ad.defbilinear(
         x, ct, stride=stride, dilation=dilation))
 
 
-def _batch_rule(prim, args, dims, **params):
-  """Folds the mapped axis into L (axis 0 of every operand) and back."""
+# Where each primitive's operands and result keep L: feature maps at axis
+# 0, kernels ([K, K, L, C]) at axis 2.
+_L_AXES = {'conv': ((0, 2), 0), 'conv_transpose': ((0, 2), 0),
+           'kernel_grad': ((0, 0), 2)}
+
+
+def _batch_rule(prim, l_axes, args, dims, **params):
+  """Folds the mapped axis into L (next to each operand's L axis) and back."""
   size = next(a.shape[d] for a, d in zip(args, dims)
               if d is not None)
   folded = []
-  for a, d in zip(args, dims):
+  for a, d, l in zip(args, dims, l_axes[0]):
     a = (jnp.broadcast_to(a, (size,) + a.shape) if d is None
          else jnp.moveaxis(a, d, 0))
-    folded.append(a.reshape((size * a.shape[1],) + a.shape[2:]))
+    a = jnp.moveaxis(a, 0, l)  # [..., size, L, ...]
+    folded.append(a.reshape(a.shape[:l] + (-1,) + a.shape[l + 2:]))
   out = prim.bind(*folded, **params)
-  return out.reshape((size, -1) + out.shape[1:]), 0
+  l = l_axes[1]
+  out = out.reshape(out.shape[:l] + (size, -1) + out.shape[l + 1:])
+  return out, l
 
 
-for _prim in (conv_p, conv_transpose_p, kernel_grad_p):
-  batching.primitive_batchers[_prim] = functools.partial(_batch_rule, _prim)
+for _name, _prim in (('conv', conv_p), ('conv_transpose', conv_transpose_p),
+                     ('kernel_grad', kernel_grad_p)):
+  batching.primitive_batchers[_prim] = functools.partial(
+      _batch_rule, _prim, _L_AXES[_name])
 
 
 # ----------------------------------------------------------------------------
@@ -284,18 +301,18 @@ def conv(x: jax.Array, kernel: jax.Array, stride: int = 1,
   """Depthwise convolutions of stacked feature maps, same padding.
 
   ``conv(x, kernel)[l]`` is ``ops.depthwise_conv2d`` of ``x[l]`` (in the
-  channels-first layout) with ``kernel[l]``.
+  channels-first layout) with ``kernel[:, :, l]``.
 
   Args:
     x: ``[L, C, N, H, W]``.
-    kernel: ``[L, K, K, C]``, K odd; cast to the dtype of ``x``.
+    kernel: ``[K, K, L, C]``, K odd; cast to the dtype of ``x``.
     stride: spatial stride s.
     dilation: kernel dilation d.
 
   Returns:
     ``[L, C, N, ceil(H/s), ceil(W/s)]``.
   """
-  _check('conv', x, kernel, kernel.shape[1])
+  _check('conv', x, kernel, kernel.shape[0])
   return conv_p.bind(x, kernel.astype(x.dtype), stride=int(stride),
                      dilation=int(dilation))
 
@@ -306,7 +323,7 @@ def conv_transpose(g: jax.Array, kernel: jax.Array, in_hw: tuple[int, int],
 
   Args:
     g: ``[L, C, N, H', W']``, a cotangent of ``conv``'s output.
-    kernel: ``[L, K, K, C]``; cast to the dtype of ``g``.
+    kernel: ``[K, K, L, C]``; cast to the dtype of ``g``.
     in_hw: (H, W) of ``conv``'s input.
     stride: s.
     dilation: d.
@@ -314,7 +331,7 @@ def conv_transpose(g: jax.Array, kernel: jax.Array, in_hw: tuple[int, int],
   Returns:
     ``[L, C, N, H, W]``.
   """
-  _check('conv_transpose', g, kernel, kernel.shape[1])
+  _check('conv_transpose', g, kernel, kernel.shape[0])
   in_hw = tuple(int(s) for s in in_hw)
   if tuple(out_size(s, stride) for s in in_hw) != tuple(g.shape[-2:]):
     raise ValueError(f'depthwise.conv_transpose: a cotangent of spatial shape '
@@ -337,7 +354,7 @@ def kernel_grad(x: jax.Array, g: jax.Array, kernel_size: int,
     dilation: d.
 
   Returns:
-    ``[L, K, K, C]``, accumulated in float32.
+    ``[K, K, L, C]``, accumulated in float32.
   """
   _check('kernel_grad', x, None, kernel_size)
   if (tuple(g.shape[:3]) != tuple(x.shape[:3]) or

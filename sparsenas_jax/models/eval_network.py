@@ -137,8 +137,8 @@ class DepthwiseSeparable(nn.Module):
     k, c = self.kernel_size, x.shape[0]
     kernel = _kernel(self, 'depthwise', (k, k, 1, c))
     pointwise = _kernel(self, 'pointwise', (1, 1, c, self.channels))
-    x = depthwise.conv(nn.relu(x)[None], kernel[:, :, 0][None].astype(x.dtype),
-                       self.stride, self.dilation)[0]
+    x = depthwise.conv(nn.relu(x)[None], kernel.astype(x.dtype), self.stride,
+                       self.dilation)[0]
     return _bn(train)(spatial.conv_1x1(x, pointwise))
 
 

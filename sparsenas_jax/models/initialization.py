@@ -11,8 +11,8 @@ running means at zero.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Optional
 
 import jax
 import numpy as np
@@ -22,7 +22,10 @@ _ONES = ('scale', 'var')
 
 def fan_in_uniform(shapes: Any, seed: int, *,
                    leading_axes: Callable[[tuple[Any, ...]], int] = (
-                       lambda path: 0)) -> Any:
+                       lambda path: 0),
+                   fan_in: Optional[Callable[[tuple[Any, ...],
+                                              Sequence[int]],
+                                             Optional[int]]] = None) -> Any:
   """NumPy values for a pytree of ``jax.ShapeDtypeStruct`` (module docstring).
 
   Args:
@@ -31,6 +34,9 @@ def fan_in_uniform(shapes: Any, seed: int, *,
     leading_axes: ``key path -> k``: the first k dimensions of that leaf
       stack independent kernels (e.g. one per edge) and are not part of
       its fan-in.
+    fan_in: ``(key path, shape) -> fan-in or None``: the fan-in of a
+      kernel laid out otherwise (e.g. ``batched_cell.packed_fan_in``);
+      None falls back to the rule above.
 
   Returns:
     The same tree of float32 NumPy arrays.
@@ -39,7 +45,10 @@ def fan_in_uniform(shapes: Any, seed: int, *,
 
   def fill(path, s):
     if len(s.shape) >= 2:
-      bound = 1 / np.sqrt(np.prod(s.shape[leading_axes(path):-1]))
+      n = fan_in(path, s.shape) if fan_in is not None else None
+      if n is None:
+        n = np.prod(s.shape[leading_axes(path):-1])
+      bound = 1 / np.sqrt(n)
       return rng.uniform(-bound, bound, s.shape).astype(np.float32)
     name = str(getattr(path[-1], 'key', path[-1])) if path else ''
     fill_value = 1.0 if name in _ONES else 0.0

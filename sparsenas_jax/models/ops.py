@@ -124,8 +124,8 @@ def depthwise_conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1,
   Returns:
     ``[N, H', W', C]``, padded as in ``conv2d``.
   """
-  y = depthwise.conv(jnp.transpose(x, (3, 0, 1, 2))[None],
-                     kernel[:, :, 0][None], stride, dilation)
+  y = depthwise.conv(jnp.transpose(x, (3, 0, 1, 2))[None], kernel, stride,
+                     dilation)
   return jnp.transpose(y[0], (1, 2, 3, 0))
 
 

@@ -53,6 +53,8 @@ from sparsenas_jax.models.ops import ReLUConvBN
 # 'scanned' ('stacked' with the intermediate nodes' stages as one lax.scan),
 # 'reference' (SearchCell).
 CELL_IMPLS = ('batched', 'stacked', 'scanned', 'reference')
+# The params layout of each BatchedSearchCell formulation.
+_LAYOUTS = {'batched': 'per_edge', 'stacked': 'stacked', 'scanned': 'packed'}
 
 
 def default_cell_impl(backend: Optional[str] = None) -> str:
@@ -275,11 +277,14 @@ class BatchedSearchCell(nn.Module):
   hence much faster compilation. Outputs agree with ``SearchCell`` up to the
   order of floating-point sums.
 
-  With ``stacked_params=False`` the parameter tree, its names and its
-  initial values are exactly ``SearchCell``'s. With ``stacked_params=True``
-  the params of each stage's edges are stacked along a leading axis
-  (``batched_cell`` describes the layout; ``reference_to_stacked_params``
-  converts): fewer leaves, smaller graphs.
+  ``layout`` lays the params out (``batched_cell`` describes each): with
+  ``'per_edge'`` the parameter tree, its names and its initial values are
+  exactly ``SearchCell``'s; with ``'stacked'`` the params of each stage's
+  edges are stacked along a leading axis (``reference_to_stacked_params``
+  converts); with ``'packed'`` each stage's params are in the layout its
+  computation reads (``batched_cell.PackedStageParams``;
+  ``stacked_to_packed_params`` converts): the fewest leaves and no param
+  reshuffled in the program.
 
   Attributes:
     channels: C, the channels of every node.
@@ -287,7 +292,7 @@ class BatchedSearchCell(nn.Module):
     reduction_prev: whether the previous cell was a reduction cell.
     nodes: intermediate nodes.
     ops: op names.
-    stacked_params: the per-stage parameter layout instead of per-edge.
+    layout: ``'per_edge'``, ``'stacked'`` or ``'packed'``.
     scan: the stages of the edges leaving intermediate nodes as one
       ``lax.scan`` (``batched_cell.cell_nodes``).
   """
@@ -296,7 +301,7 @@ class BatchedSearchCell(nn.Module):
   reduction_prev: bool = False
   nodes: int = 4
   ops: Sequence[str] = search_space.DARTS_OPS
-  stacked_params: bool = False
+  layout: str = 'per_edge'
   scan: bool = False
 
   @nn.compact
@@ -313,8 +318,12 @@ class BatchedSearchCell(nn.Module):
     stage_params = []
     for k, edges in enumerate(batched_cell.stage_edges(self.nodes)):
       stride = 2 if self.reduction and k == 0 else 1
-      if self.stacked_params:
-        num_edges = sum(len(row) for row in edges)
+      num_edges = sum(len(row) for row in edges)
+      if self.layout == 'packed':
+        stage_params.append(batched_cell.PackedStageParams(
+            c, stride, self.ops, len(edges), num_edges // len(edges),
+            name=f'stage_{k}')())
+      elif self.layout == 'stacked':
         stage_params.append(batched_cell.MixedOpParams(
             c, stride, self.ops, num_edges, name=f'stage_{k}')())
       else:
@@ -324,7 +333,8 @@ class BatchedSearchCell(nn.Module):
             for row in edges for i, j in row]))
     return batched_cell.cell_nodes(x, weights, stage_params,
                                    reduction=self.reduction, nodes=self.nodes,
-                                   ops=self.ops, scan=self.scan)
+                                   ops=self.ops, scan=self.scan,
+                                   packed=self.layout == 'packed')
 
 
 class SearchNetwork(nn.Module):
@@ -427,7 +437,7 @@ class SearchNetwork(nn.Module):
         cell_class = (nn.remat(BatchedSearchCell) if self.remat
                       else BatchedSearchCell)
         cell = cell_class(c, reduction, reduction_prev, self.nodes, self.ops,
-                          self.cell_impl in ('stacked', 'scanned'),
+                          _LAYOUTS[self.cell_impl],
                           self.cell_impl == 'scanned', name=f'cell_{layer}')
       cell_type = search_space.CELL_TYPES[int(reduction)]
       s0, s1 = s1, cell(s0, s1, arch[cell_type])

@@ -42,6 +42,7 @@ import functools
 import hashlib
 import os
 import pickle
+import re
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -344,6 +345,11 @@ class LazyCompiled:
     return None if self._compiled is None else program_size(self._compiled)
 
   @property
+  def kernels(self) -> Optional[tuple[int, int]]:
+    """``program_kernels`` of the program; None before the first call."""
+    return None if self._compiled is None else program_kernels(self._compiled)
+
+  @property
   def flops(self) -> Optional[float]:
     """XLA's count of floating-point operations per call; None before the
     first call."""
@@ -366,6 +372,50 @@ def program_size(compiled) -> Optional[int]:
   except Exception:  # pylint: disable=broad-except
     return None
   return sum(1 for line in text.splitlines() if ' = ' in line) if text else None
+
+
+_NOT_KERNELS = ('parameter', 'get-tuple-element', 'tuple', 'bitcast',
+                'constant', 'while', 'call', 'conditional')
+
+
+def program_kernels(compiled) -> Optional[tuple[int, int]]:
+  """(kernels, distinct kernels) of a compiled program, from its HLO text.
+
+  A kernel is an instruction of the entry computation or of a loop body
+  that runs code (a fusion, a dot, a copy, ...); two are the same when their
+  computations match but for names and metadata. XLA:CPU compiles each
+  distinct kernel once, so compile time grows with the distinct count
+  (and their size), not with the total. None where the executable has no
+  HLO text.
+  """
+  try:
+    text = compiled.as_text()
+  except Exception:  # pylint: disable=broad-except
+    return None
+  if not text:
+    return None
+  blocks = re.split(r'\n(?=\S)', text)
+  bodies, callees = {}, set()
+  for block in blocks:
+    head = re.match(r'(?:ENTRY )?%([\w.\-]+)', block)
+    if head:
+      bodies[head.group(1)] = block
+    callees.update(re.findall(r'(?:calls|to_apply)=%([\w.\-]+)', block))
+  canon = lambda t: re.sub(r'%[\w.\-]+', '%', re.sub(
+      r', metadata=\{[^}]*\}', '', t)).strip()
+  kernels, distinct = 0, set()
+  for name, block in bodies.items():
+    if name in callees:  # fused computations, reducers
+      continue
+    for line in block.splitlines()[1:]:
+      op = re.search(r' = \(?[a-z0-9]+\[[^=]*? ([a-z\-]+)\(', line)
+      if not op or op.group(1) in _NOT_KERNELS:
+        continue
+      kernels += 1
+      callee = re.search(r'calls=%([\w.\-]+)', line)
+      distinct.add(canon(bodies.get(callee.group(1), '').split('\n', 1)[-1])
+                   if callee else canon(line))
+  return kernels, len(distinct)
 
 
 def program_flops(compiled) -> Optional[float]:
