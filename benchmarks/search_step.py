@@ -145,6 +145,7 @@ def measure(args):
       'backend': jax.default_backend(),
       'device_kind': jax.devices()[0].device_kind,
       'devices': jax.device_count(),
+      'glibc_tunables': os.environ.get('GLIBC_TUNABLES', ''),
       'init_s': round(init_s, 2),
       'compile_s': round(compile_s, 2),
       'first_step_s': round(first_step_s, 2),

@@ -32,7 +32,7 @@ def get_config(arg=None):
   c.layers = 8
   c.nodes = 4
   c.ops = ','.join(search_space.DARTS_OPS)
-  # auto: 'scanned' (edge-batched cell, params stacked per stage, the
+  # auto: 'scanned' (edge-batched cell, params packed per stage, the
   # stages of the intermediate nodes' edges as one lax.scan) on CPU,
   # 'reference' (one MixedOp per edge) elsewhere; or force one of batched |
   # stacked | scanned | reference. Depthwise convs: models/depthwise.py.

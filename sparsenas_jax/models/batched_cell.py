@@ -36,12 +36,13 @@ column reductions that ``[edges, N, H, W, C]`` would need:
 
 Only the order of floating-point sums differs from ``SearchCell``.
 
-Parameter layouts (``BatchedSearchCell.stacked_params``):
+Parameter layouts (``BatchedSearchCell.layout``):
 
-* per edge (``False``): exactly ``SearchCell``'s tree (``node_{j}_edge_{i}``
-  holding ``MixedOp``'s ``{op: op_params}``), names and initial values
-  included; the edges are stacked inside the computation, on every call.
-* per stage (``True``): ``{'preprocess0', 'preprocess1', 'stage_{k}'}``,
+* per edge (``'per_edge'``): exactly ``SearchCell``'s tree
+  (``node_{j}_edge_{i}`` holding ``MixedOp``'s ``{op: op_params}``), names
+  and initial values included; the edges are stacked inside the
+  computation, on every call.
+* per stage (``'stacked'``): ``{'preprocess0', 'preprocess1', 'stage_{k}'}``,
   where ``stage_{k}`` is ``{op: op_params}`` with every leaf of ``MixedOp``'s
   tree given a leading axis over the stage's edges, in the order of
   ``stage_edges(nodes)[k]``; e.g. ``stage_0/sep_conv_3x3/block_0/depthwise``
@@ -50,6 +51,12 @@ Parameter layouts (``BatchedSearchCell.stacked_params``):
   far fewer gradient outputs and optimizer updates.
   ``reference_to_stacked_params`` and ``stacked_to_reference_params`` convert
   between the two layouts.
+* packed (``'packed'``): ``stage_{k}`` holds the stage's kernels in the
+  layout ``stage`` reads them (``PackedStageParams``): one leaf per kind of
+  kernel (a depthwise kernel per conv op and block, ``[K, K, E, C]``; the
+  pointwise kernels of a block, ``[M, E, C_out, C]``; factorized reduce's),
+  so the program neither rearranges the params nor their gradients.
+  ``stacked_to_packed_params`` converts from the stacked layout.
 """
 
 from __future__ import annotations

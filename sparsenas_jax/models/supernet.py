@@ -50,8 +50,8 @@ from sparsenas_jax.models.ops import ReLUConvBN
 
 # SearchNetwork.cell_impl: 'batched' (BatchedSearchCell, SearchCell's
 # params), 'stacked' (BatchedSearchCell, params stacked per stage),
-# 'scanned' ('stacked' with the intermediate nodes' stages as one lax.scan),
-# 'reference' (SearchCell).
+# 'scanned' (BatchedSearchCell, params packed per stage, the intermediate
+# nodes' stages as one lax.scan), 'reference' (SearchCell).
 CELL_IMPLS = ('batched', 'stacked', 'scanned', 'reference')
 # The params layout of each BatchedSearchCell formulation.
 _LAYOUTS = {'batched': 'per_edge', 'stacked': 'stacked', 'scanned': 'packed'}
@@ -65,9 +65,10 @@ def default_cell_impl(backend: Optional[str] = None) -> str:
   Both compute the same function with the same depthwise primitives
   (``models.depthwise``, which lower per backend). On XLA:CPU the batched
   cell applies each kind of op once per node stage instead of once per
-  edge, the stacked layout holds each parameter of a stage's edges in one
-  leaf, and the scan compiles the stages of the edges leaving intermediate
-  nodes as one body: fewer XLA ops and leaves to compile. With jaxlib
+  edge, the packed layout holds each kind of kernel of a stage's edges in
+  one leaf, as the computation reads it, and the scan compiles the stages
+  of the edges leaving intermediate nodes as one body: fewer distinct XLA
+  kernels to compile. With jaxlib
   0.11.2, XLA:GPU's Triton GEMM tiling pass failed a check on the stacked
   and batched cells at the DARTS size (docs/performance.md), hence the
   straightforward cell there.
@@ -363,9 +364,11 @@ class SearchNetwork(nn.Module):
       function and params as ``'reference'``, much faster to compile),
       ``'stacked'`` (``BatchedSearchCell`` with the params of each stage's
       edges stacked: fewer leaves; ``reference_to_stacked_params``
-      converts), ``'scanned'`` (``'stacked'``'s params and function, the
-      stages of the edges leaving intermediate nodes as one ``lax.scan``
-      per cell: a smaller program) or ``'reference'`` (``SearchCell``, one
+      converts), ``'scanned'`` (the same function, the params of each
+      stage packed as its computation reads them, ``batched_cell.
+      stacked_to_packed_params`` converts; the stages of the edges
+      leaving intermediate nodes as one ``lax.scan`` per cell: a smaller
+      program) or ``'reference'`` (``SearchCell``, one
       ``MixedOp`` per edge). ``default_cell_impl`` is the choice per
       backend that the jobs' ``cell_impl='auto'`` makes.
     remat: rematerialise each cell in the backward pass (``nn.remat``):
