@@ -224,11 +224,11 @@ def make_search_step(config, model, weight_opt, arch_opt, total_steps,
   loss gradients (``grads``: ∇_w and ∇_A), the architecture gradients alone
   (``arch_grads``: the first-order step's and the finite-difference
   points'), the mixed second derivative of the exact mode, and small
-  programs for augmentation and the two optimizer updates. The arithmetic is the same; separately compiled
-  pieces compile faster on XLA:CPU and peak at the memory of the largest
-  piece. ``step.pieces`` holds the programs (their ``compile_s``); with a
-  ``compilation.ExecutableStore`` as ``store`` they are loaded from there
-  when it has them.
+  programs for augmentation and the two optimizer updates. The arithmetic
+  is the same; separately compiled pieces compile faster on XLA:CPU and
+  peak at the memory of the largest piece. ``step.pieces`` holds the
+  programs (their ``compile_s``); with a ``compilation.ExecutableStore`` as
+  ``store`` they are loaded from there when it has them.
   """
   lr_schedule = weight_schedule(config, total_steps)
   pad = config.crop_padding

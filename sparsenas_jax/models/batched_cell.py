@@ -321,23 +321,32 @@ def pack_stage_params(stacked: Mapping[str, Any], *, ops: Sequence[str],
   return packed
 
 
-def _uniform(fan_in: int):
-  """``conv_init`` of a kernel whose fan-in is ``fan_in``, whatever its
-  layout: U(-1/√fan_in, 1/√fan_in)."""
-  bound = 1 / np.sqrt(fan_in)
-  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(
-      key, shape, dtype, -bound, bound)
+# The fan-in of each kind of packed kernel, from its shape: a depthwise
+# kernel [K, K, E, C] K², a pointwise one [M, E, C_out, C] C, factorized
+# reduce's [2, S, T, C, C // 2] C.
+_PACKED_FAN_IN = {'conv': lambda shape: shape[0] * shape[1],
+                  'pointwise': lambda shape: shape[-1],
+                  'factorized_reduce': lambda shape: shape[-2]}
+
+
+def _uniform(kind: str):
+  """``conv_init`` of a packed kernel of ``kind``: U(-1/√fan_in,
+  1/√fan_in) with each edge's fan-in, whatever the layout."""
+  def init(key, shape, dtype=jnp.float32):
+    bound = 1 / np.sqrt(_PACKED_FAN_IN[kind](shape))
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+  return init
 
 
 class _DepthwiseKernels(nn.Module):
-  """Declares ``{op: [K, K, E, C]}`` depthwise kernels, fan-in K²."""
+  """Declares ``{op: [K, K, E, C]}`` depthwise kernels."""
   sizes: tuple[tuple[str, int], ...]
   num_edges: int
   channels: int
 
   @nn.compact
   def __call__(self) -> dict[str, jax.Array]:
-    return {op: self.param(op, _uniform(k * k),
+    return {op: self.param(op, _uniform('conv'),
                            (k, k, self.num_edges, self.channels))
             for op, k in self.sizes}
 
@@ -390,11 +399,11 @@ class PackedStageParams(nn.Module):
       sizes = tuple((op, search_space.CONV_OPS[op].kernel_size)
                     for op in block)
       out[f'conv_{b}'] = _DepthwiseKernels(sizes, e, c, name=f'conv_{b}')()
-      out[f'pointwise_{b}'] = self.param(f'pointwise_{b}', _uniform(c),
-                                         (len(block), e, c, c))
+      out[f'pointwise_{b}'] = self.param(
+          f'pointwise_{b}', _uniform('pointwise'), (len(block), e, c, c))
     if 'skip_connect' in self.ops and self.stride == 2:
       out['factorized_reduce'] = self.param(
-          'factorized_reduce', _uniform(c),
+          'factorized_reduce', _uniform('factorized_reduce'),
           (2, self.sources, self.targets, c, c // 2))
     return out
 
@@ -409,11 +418,11 @@ def packed_fan_in(path: Sequence[Any], shape: Sequence[int]
   """
   names = [''] * 3 + [str(getattr(k, 'key', k)) for k in path]
   if names[-3].startswith('stage_') and names[-2].startswith('conv_'):
-    return shape[0] * shape[1]
+    return _PACKED_FAN_IN['conv'](shape)
   if names[-2].startswith('stage_') and names[-1].startswith('pointwise_'):
-    return shape[-1]
+    return _PACKED_FAN_IN['pointwise'](shape)
   if names[-2].startswith('stage_') and names[-1] == 'factorized_reduce':
-    return shape[-2]
+    return _PACKED_FAN_IN['factorized_reduce'](shape)
   return None
 
 

@@ -6,7 +6,8 @@ each ``x[l]`` with its own depthwise kernel ``kernel[:, :, l]: [K, K, C]``,
 same padding, stride s, dilation d. Kernels are ``[K, K, L, C]``, the taps
 first (a depthwise HWIO kernel, with the edges in the input-channel place),
 so that a tap's scales ``kernel[a, b]`` are one contiguous ``[L, C]`` block
-and no layout change is compiled on either side of the primitives. Written with elementwise ops only, such a
+and no layout change is compiled on either side of the primitives.
+Written with elementwise ops only, such a
 convolution is a sum of K * K shifted, scaled slices of the padded input,
 which XLA fuses into one loop; XLA:CPU runs ``lax.conv_general_dilated``
 with ``feature_group_count`` several times slower.
@@ -265,8 +266,8 @@ ad.defbilinear(
 
 # Where each primitive's operands and result keep L: feature maps at axis
 # 0, kernels ([K, K, L, C]) at axis 2.
-_L_AXES = {'conv': ((0, 2), 0), 'conv_transpose': ((0, 2), 0),
-           'kernel_grad': ((0, 0), 2)}
+_L_AXES = {conv_p: ((0, 2), 0), conv_transpose_p: ((0, 2), 0),
+           kernel_grad_p: ((0, 0), 2)}
 
 
 def _batch_rule(prim, l_axes, args, dims, **params):
@@ -285,10 +286,9 @@ def _batch_rule(prim, l_axes, args, dims, **params):
   return out, l
 
 
-for _name, _prim in (('conv', conv_p), ('conv_transpose', conv_transpose_p),
-                     ('kernel_grad', kernel_grad_p)):
-  batching.primitive_batchers[_prim] = functools.partial(
-      _batch_rule, _prim, _L_AXES[_name])
+for _prim, _axes in _L_AXES.items():
+  batching.primitive_batchers[_prim] = functools.partial(_batch_rule, _prim,
+                                                         _axes)
 
 
 # ----------------------------------------------------------------------------
