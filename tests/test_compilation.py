@@ -36,6 +36,25 @@ def test_cpu_options_are_accepted_and_keep_the_numbers():
                                rtol=1e-5)
 
 
+def test_cpu_options_keep_long_reductions_one_loop():
+  # Batch norm's statistics at batch 64: XLA:CPU's tree reduction rewrite
+  # would make reduce-windows of them (slow scalar loops); CPU_OPTIONS
+  # disables that pass, by a name XLA would silently ignore if it changed.
+  def stats(x):
+    return jnp.mean(x, axis=(1, 2, 3)), jnp.mean(jnp.square(x), axis=(1, 2, 3))
+
+  x = np.random.default_rng(0).normal(size=(4, 64, 8, 8)).astype(np.float32)
+  rewritten = dict(compilation.CPU_OPTIONS)
+  del rewritten['xla_disable_hlo_passes']
+  default = jax.jit(stats).lower(x).compile(rewritten).as_text()
+  compiled, _ = compilation.compile_step(stats, (x,))
+  assert 'reduce-window' in default
+  assert 'reduce-window' not in compiled.as_text()
+  mean, square = compiled(x)
+  np.testing.assert_allclose(mean, x.mean((1, 2, 3)), rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(square, np.square(x).mean((1, 2, 3)), rtol=1e-5)
+
+
 def test_lazy_compiled_compiles_once_and_counts():
   lazy = compilation.LazyCompiled(lambda x: x @ x)
   assert lazy.flops is None and lazy.calls == 0

@@ -26,6 +26,12 @@ On XLA:CPU the programs compiled here (``compiler_options``) use
   reductions to YNNPACK, which cannot fuse the producer of a reduction's
   operand into it: a reduction of ``slice(x) * g`` (every depthwise kernel
   gradient, every batch norm) then materialises ``slice(x)`` first.
+* No tree reduction rewrite (``xla_disable_hlo_passes``). XLA:CPU turns
+  every reduction over an axis longer than 32 into a tree of
+  ``reduce-window``s, which it runs as scalar loops: batch norm's
+  statistics at batch 64 (an axis of 64 images) take several times longer
+  than the whole reduction does as one vectorised loop, which XLA:CPU
+  already emits for every reduction whose axes are 32 long or shorter.
 * Backend optimisation level 1 instead of 2: a supernet's programs compile
   faster and run as fast. Level 0 (``cpu_fast_compile``) compiles faster
   still but makes a supernet's steps several times slower, so it suits tiny
@@ -57,6 +63,7 @@ from jax.experimental import serialize_executable
 # Compiler options for every program on XLA:CPU (module docstring).
 CPU_OPTIONS = {
     'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_DOT',
+    'xla_disable_hlo_passes': 'tree_reduction_rewriter',
     'xla_backend_optimization_level': 1}
 
 
