@@ -111,8 +111,8 @@ def measure(args):
   else:
     run, compile_s = compilation.compile_step(
         step, (state, batch(), key),
-        cpu_fast_compile=config.cpu_fast_compile, store=store,
-        name='search_step')
+        cpu_fast_compile=config.cpu_fast_compile, cpu_tree_reductions=False,
+        store=store, name='search_step')
     flops = compilation.program_flops(run)
 
   def timed_step(i, state):

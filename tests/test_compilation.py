@@ -36,21 +36,23 @@ def test_cpu_options_are_accepted_and_keep_the_numbers():
                                rtol=1e-5)
 
 
-def test_cpu_options_keep_long_reductions_one_loop():
+def test_no_tree_reductions_keeps_long_reductions_one_loop():
   # Batch norm's statistics at batch 64: XLA:CPU's tree reduction rewrite
-  # would make reduce-windows of them (slow scalar loops); CPU_OPTIONS
-  # disables that pass, by a name XLA would silently ignore if it changed.
+  # makes reduce-windows of them (slow scalar loops) unless the program is
+  # compiled with cpu_tree_reductions=False, which disables that pass by a
+  # name XLA would silently ignore if it changed.
   def stats(x):
     return jnp.mean(x, axis=(1, 2, 3)), jnp.mean(jnp.square(x), axis=(1, 2, 3))
 
   x = np.random.default_rng(0).normal(size=(4, 64, 8, 8)).astype(np.float32)
-  rewritten = dict(compilation.CPU_OPTIONS)
-  del rewritten['xla_disable_hlo_passes']
-  default = jax.jit(stats).lower(x).compile(rewritten).as_text()
-  compiled, _ = compilation.compile_step(stats, (x,))
-  assert 'reduce-window' in default
-  assert 'reduce-window' not in compiled.as_text()
-  mean, square = compiled(x)
+  tree, _ = compilation.compile_step(stats, (x,))
+  assert 'reduce-window' in tree.as_text()
+  options = compilation.compiler_options(cpu_tree_reductions=False)
+  assert options == {**compilation.CPU_OPTIONS,
+                     **compilation.NO_TREE_REDUCTIONS}
+  flat, _ = compilation.compile_step(stats, (x,), cpu_tree_reductions=False)
+  assert 'reduce-window' not in flat.as_text()
+  mean, square = flat(x)
   np.testing.assert_allclose(mean, x.mean((1, 2, 3)), rtol=1e-5, atol=1e-7)
   np.testing.assert_allclose(square, np.square(x).mean((1, 2, 3)), rtol=1e-5)
 

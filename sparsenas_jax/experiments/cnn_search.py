@@ -279,7 +279,8 @@ def make_search_step(config, model, weight_opt, arch_opt, total_steps,
             'weight_update': weight_update}
   if split:
     pieces = {name: compilation.LazyCompiled(
-        fn, cpu_fast_compile=config.cpu_fast_compile, store=store, name=name)
+        fn, cpu_fast_compile=config.cpu_fast_compile,
+        cpu_tree_reductions=False, store=store, name=name)
               for name, fn in pieces.items()}
   loss_grads = lambda w, a, batch: (lambda r: (r[0], r[2], r[3]))(
       pieces['grads'](w, a, batch))
@@ -384,12 +385,14 @@ def run(config: ml_collections.ConfigDict, workdir: str):
       return step_fn
     compiled, pieces['search_step'] = compilation.compile_step(
         step_fn, (state, batch, key), cpu_fast_compile=config.cpu_fast_compile,
+        cpu_tree_reductions=False,
         donate=(0,), store=store, name='search_step')
     return compiled
 
   eval_step = compilation.LazyCompiled(
       make_eval_step(model, mean, std),
-      cpu_fast_compile=config.cpu_fast_compile, store=store, name='eval_step')
+      cpu_fast_compile=config.cpu_fast_compile, cpu_tree_reductions=False,
+      store=store, name='eval_step')
 
   def batch_at(step):
     return search_batch(search_data, config.batch_size, config.seed, step)

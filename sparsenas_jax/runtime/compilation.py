@@ -26,16 +26,20 @@ On XLA:CPU the programs compiled here (``compiler_options``) use
   reductions to YNNPACK, which cannot fuse the producer of a reduction's
   operand into it: a reduction of ``slice(x) * g`` (every depthwise kernel
   gradient, every batch norm) then materialises ``slice(x)`` first.
-* No tree reduction rewrite (``xla_disable_hlo_passes``). XLA:CPU turns
-  every reduction over an axis longer than 32 into a tree of
-  ``reduce-window``s, which it runs as scalar loops: batch norm's
-  statistics at batch 64 (an axis of 64 images) take several times longer
-  than the whole reduction does as one vectorised loop, which XLA:CPU
-  already emits for every reduction whose axes are 32 long or shorter.
 * Backend optimisation level 1 instead of 2: a supernet's programs compile
   faster and run as fast. Level 0 (``cpu_fast_compile``) compiles faster
   still but makes a supernet's steps several times slower, so it suits tiny
   networks only.
+
+Programs compiled with ``cpu_tree_reductions=False`` (the CNN search's)
+also skip XLA's tree reduction rewrite (``NO_TREE_REDUCTIONS``). XLA:CPU
+turns every reduction over an axis longer than 32 into a tree of
+``reduce-window``s, which it runs as scalar loops; without it such a
+reduction is one vectorised loop, as the shorter ones already are. The
+supernet's gradients at batch 64 (batch norm over an axis of 64 images,
+the architecture gradients over N H W) are 11-13% faster so; the
+evaluation network's training step at batch 96 is 4% slower, so it keeps
+the rewrite.
 
 Measured effects of these choices: docs/performance.md.
 """
@@ -63,31 +67,39 @@ from jax.experimental import serialize_executable
 # Compiler options for every program on XLA:CPU (module docstring).
 CPU_OPTIONS = {
     'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_DOT',
-    'xla_disable_hlo_passes': 'tree_reduction_rewriter',
     'xla_backend_optimization_level': 1}
+# Added to them with ``cpu_tree_reductions=False`` (module docstring).
+NO_TREE_REDUCTIONS = {'xla_disable_hlo_passes': 'tree_reduction_rewriter'}
 
 
-def compiler_options(cpu_fast_compile: bool = False
+def compiler_options(cpu_fast_compile: bool = False,
+                     cpu_tree_reductions: bool = True
                      ) -> Optional[dict[str, Any]]:
   """The ``compiler_options`` of this project's programs on this backend.
 
   Args:
     cpu_fast_compile: on XLA:CPU, compile at backend optimisation level 0
       (module docstring).
+    cpu_tree_reductions: on XLA:CPU, keep XLA's tree reduction rewrite;
+      False adds ``NO_TREE_REDUCTIONS`` (module docstring).
 
   Returns:
-    ``CPU_OPTIONS`` (level 0 instead of 1 if asked) on XLA:CPU, else None.
+    ``CPU_OPTIONS`` (level 0 instead of 1 if asked, ``NO_TREE_REDUCTIONS``
+    added if asked) on XLA:CPU, else None.
   """
   if jax.default_backend() != 'cpu':
     return None
   options = dict(CPU_OPTIONS)
   if cpu_fast_compile:
     options['xla_backend_optimization_level'] = 0
+  if not cpu_tree_reductions:
+    options.update(NO_TREE_REDUCTIONS)
   return options
 
 
 def compile_step(fn: Callable[..., Any], args: Sequence[Any], *,
                  cpu_fast_compile: bool = False,
+                 cpu_tree_reductions: bool = True,
                  donate: Sequence[int] = (),
                  store: Optional[ExecutableStore] = None,
                  name: str = '') -> tuple[Any, float]:
@@ -101,6 +113,7 @@ def compile_step(fn: Callable[..., Any], args: Sequence[Any], *,
     args: example arguments (arrays; their shapes and shardings count).
     cpu_fast_compile: on XLA:CPU, compile at backend optimisation level 0
       (see the module docstring).
+    cpu_tree_reductions: as in ``compiler_options``.
     donate: argument positions whose buffers the step may reuse.
     store: if given, the program is loaded from it when it holds one for
       ``name`` and these arguments (nothing traced), else compiled and
@@ -112,7 +125,7 @@ def compile_step(fn: Callable[..., Any], args: Sequence[Any], *,
     loading it from ``store``).
   """
   t0 = time.perf_counter()
-  options = compiler_options(cpu_fast_compile)
+  options = compiler_options(cpu_fast_compile, cpu_tree_reductions)
   key = None
   if store is not None:
     if not name:
@@ -331,16 +344,18 @@ class LazyCompiled:
   Args:
     fn: the function.
     cpu_fast_compile: as in ``compile_step``.
+    cpu_tree_reductions: as in ``compile_step``.
     donate: as in ``compile_step``.
     store: as in ``compile_step``: load the program from there, or save it.
     name: as in ``compile_step``.
   """
 
   def __init__(self, fn: Callable[..., Any], *, cpu_fast_compile: bool = False,
-               donate: Sequence[int] = (),
+               cpu_tree_reductions: bool = True, donate: Sequence[int] = (),
                store: Optional[ExecutableStore] = None, name: str = ''):
     self._fn, self._donate = fn, tuple(donate)
     self._cpu_fast_compile = cpu_fast_compile
+    self._cpu_tree_reductions = cpu_tree_reductions
     self._store, self._name = store, name
     self._compiled = None
     self.compile_s = 0.0
@@ -366,6 +381,7 @@ class LazyCompiled:
     if self._compiled is None:
       self._compiled, self.compile_s = compile_step(
           self._fn, args, cpu_fast_compile=self._cpu_fast_compile,
+          cpu_tree_reductions=self._cpu_tree_reductions,
           donate=self._donate, store=self._store, name=self._name)
     self.calls += 1
     return self._compiled(*args)
