@@ -37,7 +37,7 @@ turns every reduction over an axis longer than 32 into a tree of
 ``reduce-window``s, which it runs as scalar loops; without it such a
 reduction is one vectorised loop, as the shorter ones already are. The
 supernet's gradients at batch 64 (batch norm over an axis of 64 images,
-the architecture gradients over N H W) are 11-13% faster so; the
+the architecture gradients over N H W) are about 13% faster so; the
 evaluation network's training step at batch 96 is 4% slower, so it keeps
 the rewrite.
 
