@@ -110,8 +110,7 @@ def measure(args):
     run, compile_s, flops = step, None, None
   else:
     run, compile_s = compilation.compile_step(
-        step, (state, batch(), key),
-        cpu_fast_compile=config.cpu_fast_compile, cpu_tree_reductions=False,
+        step, (state, batch(), key), **cs.compile_options(config),
         store=store, name='search_step')
     flops = compilation.program_flops(run)
 

@@ -161,6 +161,14 @@ def make_model(config, num_classes: int) -> supernet.SearchNetwork:
       cell_impl=cell_impl(config), remat=config.remat)
 
 
+def compile_options(config) -> dict[str, bool]:
+  """``compilation.compile_step``'s options for every program of the
+  search: ``config.cpu_fast_compile``, and no tree reduction rewrite
+  (``cpu_tree_reductions=False``, ``runtime.compilation``)."""
+  return {'cpu_fast_compile': config.cpu_fast_compile,
+          'cpu_tree_reductions': False}
+
+
 def cell_impl(config) -> str:
   """``config.cell_impl``, with 'auto' resolved for the default backend."""
   if config.cell_impl == 'auto':
@@ -279,8 +287,7 @@ def make_search_step(config, model, weight_opt, arch_opt, total_steps,
             'weight_update': weight_update}
   if split:
     pieces = {name: compilation.LazyCompiled(
-        fn, cpu_fast_compile=config.cpu_fast_compile,
-        cpu_tree_reductions=False, store=store, name=name)
+        fn, **compile_options(config), store=store, name=name)
               for name, fn in pieces.items()}
   loss_grads = lambda w, a, batch: (lambda r: (r[0], r[2], r[3]))(
       pieces['grads'](w, a, batch))
@@ -384,14 +391,12 @@ def run(config: ml_collections.ConfigDict, workdir: str):
       pieces.update(step_fn.pieces)
       return step_fn
     compiled, pieces['search_step'] = compilation.compile_step(
-        step_fn, (state, batch, key), cpu_fast_compile=config.cpu_fast_compile,
-        cpu_tree_reductions=False,
+        step_fn, (state, batch, key), **compile_options(config),
         donate=(0,), store=store, name='search_step')
     return compiled
 
   eval_step = compilation.LazyCompiled(
-      make_eval_step(model, mean, std),
-      cpu_fast_compile=config.cpu_fast_compile, cpu_tree_reductions=False,
+      make_eval_step(model, mean, std), **compile_options(config),
       store=store, name='eval_step')
 
   def batch_at(step):

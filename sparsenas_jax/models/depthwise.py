@@ -6,11 +6,11 @@ each ``x[l]`` with its own depthwise kernel ``kernel[:, :, l]: [K, K, C]``,
 same padding, stride s, dilation d. Kernels are ``[K, K, L, C]``, the taps
 first (a depthwise HWIO kernel, with the edges in the input-channel place),
 so that a tap's scales ``kernel[a, b]`` are one contiguous ``[L, C]`` block
-and no layout change is compiled on either side of the primitives.
-Written with elementwise ops only, such a
-convolution is a sum of K * K shifted, scaled slices of the padded input,
-which XLA fuses into one loop; XLA:CPU runs ``lax.conv_general_dilated``
-with ``feature_group_count`` several times slower.
+and no layout change is compiled on either side of the primitives. Written
+with elementwise ops only, such a convolution is a sum of K * K shifted,
+scaled slices of the padded input, which XLA fuses into one loop; XLA:CPU
+runs ``lax.conv_general_dilated`` with ``feature_group_count`` several
+times slower.
 
 Differentiated by JAX as written, those slices become K * K pads (the
 input's cotangent: a loop that tests every tap's bounds at every pixel) and
