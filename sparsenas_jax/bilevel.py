@@ -96,12 +96,12 @@ def mixed_product(loss: LossFn, order: str = 'reverse_over_forward'):
   Two orders, the same numbers (each exact, no truncation):
 
   * ``'reverse_over_forward'``: ∇_A of the directional derivative of the
-    loss along v in w, ``jax.grad`` of ``jax.jvp``. Faster on the CNN
-    supernet (XLA:CPU).
+    loss along v in w, ``jax.grad`` of ``jax.jvp``.
   * ``'forward_over_reverse'``: the directional derivative along v of
-    w ↦ ∇_A loss(w, A), ``jax.jvp`` of ``jax.grad``. Faster on the
-    recurrent supernet, whose time loop is rematerialised (XLA:CPU;
-    docs/performance.md).
+    w ↦ ∇_A loss(w, A), ``jax.jvp`` of ``jax.grad``. The CNN and recurrent
+    searches use it: on XLA:CPU it is as fast on the CNN supernet with
+    fewer temporaries, and faster on the recurrent one, whose time loop is
+    rematerialised (docs/performance.md).
 
   Raises:
     ValueError: for another ``order``.

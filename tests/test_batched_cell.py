@@ -145,14 +145,15 @@ def test_stacked_network_matches_reference(results):
                              atol=1e-5 * np.abs(want).max())
 
 
-def test_scanned_network_matches_stacked_derivatives_included():
-  # Three nodes: the scan runs over nodes 0 and 1 as sources, with a zero
-  # edge in front of node 1's; a pool, the identity (factorized reduce in
-  # the reduction cells), a two-block and a one-block conv op. Logits and
-  # the mixed product of the exact hypergradient (reverse over forward:
-  # the scan's JVP and its transpose) against the unscanned stacked cell,
-  # itself checked against the reference above.
-  nodes = 3
+@pytest.mark.parametrize('nodes', [3, 4])
+def test_scanned_network_matches_stacked_derivatives_included(nodes):
+  # Three nodes: the scan's second round holds edge (1, 2) and a zero edge;
+  # four: rounds (0, 1), (0, 2); (1, 2), (0, 3); (1, 3), (2, 3), whose
+  # edges read different sources. A pool, the identity (factorized reduce
+  # in the reduction cells), a two-block and a one-block conv op. Logits
+  # and the mixed product of the exact hypergradient (reverse over
+  # forward: the scan's JVP and its transpose) against the unscanned
+  # stacked cell, itself checked against the reference above.
   ops = ('max_pool_3x3', 'skip_connect', 'sep_conv_3x3', 'dil_conv_3x3')
   rng = np.random.default_rng(5)
   # 16 x 16: batch norm over more than the 2 x 2 x 2 pixels of 8 x 8 inputs
@@ -236,6 +237,22 @@ def test_stacked_init_is_per_edge_conv_init():
   assert np.abs(kernel).max() <= bound
   assert np.abs(kernel).max() > 0.95 * bound
   np.testing.assert_allclose(kernel.std(), bound / np.sqrt(3), rtol=0.05)
+
+
+@pytest.mark.parametrize('nodes', range(2, 10))
+def test_node_rounds_run_each_edge_once_after_its_source(nodes):
+  rounds = batched_cell.node_rounds(nodes)
+  assert len(rounds) == nodes - 1
+  assert {len(r) for r in rounds} == {-(-nodes // 2)}
+  edges = [e for r in rounds for e in r if e is not None]
+  assert sorted(edges) == [(s, t) for s in range(nodes)
+                           for t in range(s + 1, nodes)]
+  for r, round_edges in enumerate(rounds):
+    for e in round_edges:
+      if e is not None:  # node s is complete before round s, t after round t - 1
+        assert e[0] <= r < e[1], (r, e)
+  if nodes % 2 == 0:
+    assert all(e is not None for r in rounds for e in r)
 
 
 def test_stage_edges():

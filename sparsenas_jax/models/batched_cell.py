@@ -543,7 +543,7 @@ def preprocess(s0: jax.Array, s1: jax.Array, p0, p1, *,
 
 
 def stage(x: jax.Array, weights: jax.Array, packed, *, stride: int,
-          ops: Sequence[str]) -> jax.Array:
+          ops: Sequence[str], sum_sources: bool = True) -> jax.Array:
   """All edges leaving S sources, summed per target node.
 
   Args:
@@ -553,10 +553,13 @@ def stage(x: jax.Array, weights: jax.Array, packed, *, stride: int,
     packed: the edges' params, ``pack_stage_params``.
     stride: 1, or 2 from a reduction cell's inputs.
     ops: op names.
+    sum_sources: False: no sum over the sources, every edge's output apart.
 
   Returns:
     ``[T, C, N, H', W']``: target t gets ``Σ_s Σ_o weights[s, t, o]
-    op_o(x[s])`` with the params of edge (s, t).
+    op_o(x[s])`` with the params of edge (s, t); without ``sum_sources``,
+    ``[S * T, C, N, H', W']``, edge (s, t)'s ``Σ_o weights[s, t, o]
+    op_o(x[s])`` at s T + t.
 
   References:
     Wu et al. 2021, Eq. 1.
@@ -584,12 +587,12 @@ def stage(x: jax.Array, weights: jax.Array, packed, *, stride: int,
                               stride=stride))
   normed = _batch_norms(pre_bn)
 
-  def mix(y, names, num_targets):  # -> [T, C, N H' W']
+  def mix(y, names, num_targets):  # -> [T, C, N H' W'] (or [S, T, ...])
     # Rank 5 at most: XLA:CPU (jax 0.10.2) crashes on some reductions of
     # rank-7 arrays.
     y = y.reshape(len(names), s_count, num_targets, c, n * ho * wo)
     a = jnp.stack([weights[:, :, op_index[op]] for op in names])
-    return jnp.sum(y * a[..., None, None], axis=(0, 1))
+    return jnp.sum(y * a[..., None, None], axis=(0, 1) if sum_sources else 0)
 
   terms = []
   # Ops whose output is the same on every edge leaving a source.
@@ -612,57 +615,115 @@ def stage(x: jax.Array, weights: jax.Array, packed, *, stride: int,
       terms.append(mix(block_1, sep, t_count))
     if len(members) > len(sep):
       terms.append(mix(block_0[split:], members[len(sep):], t_count))
-  return sum(terms[1:], terms[0]).reshape(t_count, c, n, ho, wo)
+  # [T, C, N H' W'] or [S, T, C, N H' W']; the per-source ops' terms have
+  # one target, broadcast to all.
+  out = sum(terms[1:], terms[0])
+  out = jnp.broadcast_to(out, out.shape[:-3] + (t_count,) + out.shape[-2:])
+  return out.reshape((-1, c, n, ho, wo))
 
 
-def _pad_edges(params, missing: int, packed: bool):
-  """``missing`` zero edges in front of a stage's edge axis: axis 0 of the
-  stacked layout; of a packed layout, axis 2 of a depthwise kernel, 1 of a
-  pointwise one."""
-  def pad(path, a):
-    axis = 0
-    if packed:
-      axis = 1 if str(getattr(path[-1], 'key', '')).startswith(
-          'pointwise_') else 2
-    widths = [(0, 0)] * a.ndim
-    widths[axis] = (missing, 0)
-    return jnp.pad(a, widths)
-  return jax.tree_util.tree_map_with_path(pad, params)
+def node_rounds(nodes: int) -> list[list[Optional[tuple[int, int]]]]:
+  """The edges between intermediate nodes in ``nodes - 1`` rounds of equal
+  size, each edge once, every edge's source complete before its round.
+
+  Intermediate node 0 is complete once the edges from the cell's inputs are
+  added; node r + 1 is complete after round r, which therefore holds, or
+  follows, every edge into it. Each round holds ``ceil(nodes / 2)`` edges
+  (the fewest that fit: rounds 0, ..., r hold the ``(r + 1)(r + 2) / 2``
+  edges into nodes 1, ..., r + 1), earliest target first; None pads a round.
+
+  Args:
+    nodes: intermediate nodes, at least 2.
+
+  Returns:
+    ``rounds[r]``: ``(s, t)`` pairs, edge from intermediate node s to t.
+  """
+  size = -(-nodes // 2)
+  pending = sorted(((s, t) for t in range(nodes) for s in range(t)),
+                   key=lambda e: (e[1], e[0]))
+  rounds = []
+  for r in range(nodes - 1):
+    ready = [e for e in pending if e[0] <= r][:size]
+    # Earliest target first, so this holds whenever a schedule exists.
+    assert all(e in ready for e in pending if e[1] == r + 1), (nodes, r)
+    pending = [e for e in pending if e not in ready]
+    rounds.append(ready + [None] * (size - len(ready)))
+  return rounds
 
 
-def _scanned_nodes(x, rows_of, stage_params, apply, *, reduction: bool,
+def _edge_axis(path, packed: bool) -> int:
+  """The edge axis of a stage's param leaf: axis 0 of the stacked layout;
+  of the packed layout, axis 2 of a depthwise kernel, 1 of a pointwise one."""
+  if not packed:
+    return 0
+  return 1 if str(getattr(path[-1], 'key', '')).startswith(
+      'pointwise_') else 2
+
+
+def _round_params(stage_params, round_edges, packed: bool):
+  """The params of one round's edges (``node_rounds``), as a stage of
+  ``len(round_edges)`` edges; zeros for None."""
+  def edge(s, t):  # stage s + 1 holds the edges from node s to s + 1, ...
+    return jax.tree_util.tree_map_with_path(
+        lambda path, a: lax.slice_in_dim(a, t - s - 1, t - s,
+                                         axis=_edge_axis(path, packed)),
+        stage_params[s + 1])
+  some = edge(0, 1)
+  edges = [jax.tree.map(jnp.zeros_like, some) if e is None else edge(*e)
+           for e in round_edges]
+  return jax.tree_util.tree_map_with_path(
+      lambda path, *leaves: jnp.concatenate(leaves,
+                                            axis=_edge_axis(path, packed)),
+      *edges)
+
+
+def _scanned_nodes(x, weights, stage_params, apply, *, reduction: bool,
                    nodes: int, packed: bool) -> jax.Array:
-  """``cell_nodes`` with stages 1, ..., nodes - 1 as one ``lax.scan``.
+  """``cell_nodes`` with the edges between intermediate nodes as one
+  ``lax.scan``.
 
   Stage 0 (the edges from the cell's inputs) is computed as in
-  ``cell_nodes``. The scan then runs over intermediate nodes 0, ...,
-  nodes - 2 as sources; its body is one source's edges to nodes 1, ...,
-  nodes - 1: stage k's ``nodes - k`` edges behind ``k - 1`` zero edges (zero
-  arch rows and zero kernels, whose outputs are zeros). XLA compiles that
-  body once per cell instead of ``nodes - 1`` stage programs, for
-  ``(nodes - 1)(nodes - 2) / 2`` zero edges of arithmetic per cell.
+  ``cell_nodes``: the partial sums of every node, node 0 complete. The
+  scan then runs the ``nodes (nodes - 1) / 2`` edges between intermediate
+  nodes in the rounds of ``node_rounds``, each round's edges as one stage
+  of per-edge outputs, each edge reading its source from the node sums and
+  adding its output to its target's. XLA compiles the body once per cell
+  instead of ``nodes - 1`` stage programs, and pads no edge at an even
+  ``nodes`` (``(nodes - 1) / 2`` zero edges in all at an odd one).
   """
-  all_edges = stage_edges(nodes)
-  partial = apply(x, rows_of(all_edges[0]), stage_params[0],
-                  2 if reduction else 1)
-  rows = jnp.stack([_pad_edges(rows_of(all_edges[k])[0], k - 1,
-                               False)[None]
-                    for k in range(1, nodes)])  # [n - 1, 1, n - 1, ops]
-  params = stack_edge_params([_pad_edges(stage_params[k], k - 1, packed)
-                              for k in range(1, nodes)])
+  rounds = node_rounds(nodes)
+  partial = apply(x, _rows(weights, stage_edges(nodes)[0]), stage_params[0],
+                  2 if reduction else 1)  # [nodes, C, N, H', W']
+  zero_row = jnp.zeros_like(weights['node_0'][0])
+  rows = jnp.stack([
+      jnp.stack([zero_row if e is None else weights[f'node_{e[1]}'][e[0] + 2]
+                 for e in edges])[:, None] for edges in rounds])
+  params = stack_edge_params([_round_params(stage_params, edges, packed)
+                              for edges in rounds])
+  # A None edge reads node 0 and adds its zeros to it.
+  sources, targets = (jnp.array([[0 if e is None else e[i] for e in edges]
+                                 for edges in rounds], jnp.int32)
+                      for i in (0, 1))
 
-  def body(carry, xs):
-    source, later = carry  # node k - 1; the partial sums of nodes 1, ...
-    k, rows, params = xs
-    later = later + apply(source[None], rows, params)
-    node = lax.dynamic_index_in_dim(later, k - 1, keepdims=False)
-    return (node, later), node
+  def body(sums, xs):
+    source, target, rows, params = xs
+    out = apply(jnp.stack([lax.dynamic_index_in_dim(sums, i, keepdims=False)
+                           for i in source]), rows, params, sum_sources=False)
+    for i, t in enumerate(target):
+      sums = lax.dynamic_update_index_in_dim(
+          sums, lax.dynamic_index_in_dim(sums, t, keepdims=False) + out[i],
+          t, 0)
+    return sums, None
 
-  _, nodes_after = lax.scan(body, (partial[0], partial[1:]),
-                            (jnp.arange(1, nodes), rows, params))
-  outputs = jnp.concatenate([partial[:1], nodes_after])
+  outputs, _ = lax.scan(body, partial, (sources, targets, rows, params))
   outputs = outputs.reshape((-1,) + outputs.shape[2:])
   return jnp.transpose(outputs, (1, 2, 3, 0))
+
+
+def _rows(weights, edges) -> jax.Array:
+  """The arch rows of a stage's edges, ``[S, T, len(ops)]``."""
+  return jnp.stack([jnp.stack([weights[f'node_{j}'][i] for i, j in row])
+                    for row in edges])
 
 
 def cell_nodes(x: jax.Array, weights: Mapping[str, jax.Array],
@@ -680,9 +741,9 @@ def cell_nodes(x: jax.Array, weights: Mapping[str, jax.Array],
     reduction: whether the edges from the inputs have stride 2.
     nodes: intermediate nodes.
     ops: op names.
-    scan: compute stages 1, ..., nodes - 1 (the edges leaving intermediate
-      nodes) as one ``lax.scan`` (``_scanned_nodes``): a smaller program,
-      the same function up to the order of sums.
+    scan: compute the edges between intermediate nodes as one
+      ``lax.scan`` (``_scanned_nodes``): a smaller program, the same
+      function up to the order of sums.
     packed: ``stage_params`` are in the packed layout.
 
   Returns:
@@ -692,28 +753,24 @@ def cell_nodes(x: jax.Array, weights: Mapping[str, jax.Array],
     Wu et al. 2021, Eq. 1.
   """
   ops = tuple(ops)
-  all_edges = stage_edges(nodes)
 
-  def rows_of(edges):  # [S, T, len(ops)]
-    return jnp.stack([jnp.stack([weights[f'node_{j}'][i] for i, j in row])
-                      for row in edges])
-
-  def apply(source, rows, params, stride=1):
+  def apply(source, rows, params, stride=1, sum_sources=True):
     if not packed:
       params = pack_stage_params(params, ops=ops, stride=stride,
                                  num_sources=rows.shape[0])
-    return stage(source, rows, params, stride=stride, ops=ops)
+    return stage(source, rows, params, stride=stride, ops=ops,
+                 sum_sources=sum_sources)
 
   if scan and nodes > 2:
-    return _scanned_nodes(x, rows_of, stage_params, apply,
+    return _scanned_nodes(x, weights, stage_params, apply,
                           reduction=reduction, nodes=nodes, packed=packed)
 
   outputs = []
   partial = None  # [nodes not yet complete, C, N, H', W']
-  for k, (edges, params) in enumerate(zip(all_edges, stage_params)):
+  for k, (edges, params) in enumerate(zip(stage_edges(nodes), stage_params)):
     stride = 2 if reduction and k == 0 else 1
-    out = apply(x if k == 0 else outputs[-1][None], rows_of(edges), params,
-                stride)
+    out = apply(x if k == 0 else outputs[-1][None], _rows(weights, edges),
+                params, stride)
     partial = out if partial is None else partial + out
     outputs.append(partial[0])
     partial = partial[1:]
