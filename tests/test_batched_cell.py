@@ -239,6 +239,40 @@ def test_stacked_init_is_per_edge_conv_init():
   np.testing.assert_allclose(kernel.std(), bound / np.sqrt(3), rtol=0.05)
 
 
+@pytest.mark.parametrize('ops', [('max_pool_3x3', 'skip_connect'),
+                                 ('avg_pool_3x3', 'sep_conv_3x3')])
+def test_stage_is_its_edges_summed_per_target(ops):
+  # Two sources, three targets: the stage against each edge alone, summed
+  # per target, and its per-edge outputs (sum_sources=False); parameter-free
+  # ops alone (computed once per source) and with a conv op.
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.normal(size=(2, 2, 2, 6, 6)).astype(np.float32))
+  weights = jnp.asarray(rng.normal(size=(2, 3, len(ops))).astype(np.float32))
+  shapes = jax.eval_shape(batched_cell.PackedStageParams(2, 1, ops, 2, 3).init,
+                          jax.random.key(0)).get('params', {})
+  packed = _random_like(shapes, rng)
+
+  def edge_params(s, t):  # the packed params of edge (s, t) alone
+    def take(path, a):
+      name = str(path[-1].key)
+      axis = 1 if name.startswith('pointwise_') else 2
+      return jnp.take(a, jnp.array([3 * s + t]), axis=axis)
+    return jax.tree_util.tree_map_with_path(take, packed)
+
+  stage = functools.partial(batched_cell.stage, stride=1, ops=ops)
+  per_edge = {(s, t): stage(x[s:s + 1], weights[s:s + 1, t:t + 1],
+                            edge_params(s, t))[0]
+              for s in range(2) for t in range(3)}
+  summed = stage(x, weights, packed)
+  apart = stage(x, weights, packed, sum_sources=False)
+  assert summed.shape == (3, 2, 2, 6, 6) and apart.shape == (6, 2, 2, 6, 6)
+  for (s, t), want in per_edge.items():
+    np.testing.assert_allclose(apart[3 * s + t], want, rtol=1e-5, atol=1e-5)
+  for t in range(3):
+    np.testing.assert_allclose(summed[t], per_edge[0, t] + per_edge[1, t],
+                               rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize('nodes', range(2, 10))
 def test_node_rounds_run_each_edge_once_after_its_source(nodes):
   rounds = batched_cell.node_rounds(nodes)

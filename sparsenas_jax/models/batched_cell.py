@@ -587,7 +587,7 @@ def stage(x: jax.Array, weights: jax.Array, packed, *, stride: int,
                               stride=stride))
   normed = _batch_norms(pre_bn)
 
-  def mix(y, names, num_targets):  # -> [T, C, N H' W'] (or [S, T, ...])
+  def mix(y, names, num_targets):  # -> [(S,) T, C, N H' W']
     # Rank 5 at most: XLA:CPU (jax 0.10.2) crashes on some reductions of
     # rank-7 arrays.
     y = y.reshape(len(names), s_count, num_targets, c, n * ho * wo)
@@ -615,11 +615,7 @@ def stage(x: jax.Array, weights: jax.Array, packed, *, stride: int,
       terms.append(mix(block_1, sep, t_count))
     if len(members) > len(sep):
       terms.append(mix(block_0[split:], members[len(sep):], t_count))
-  # [T, C, N H' W'] or [S, T, C, N H' W']; the per-source ops' terms have
-  # one target, broadcast to all.
-  out = sum(terms[1:], terms[0])
-  out = jnp.broadcast_to(out, out.shape[:-3] + (t_count,) + out.shape[-2:])
-  return out.reshape((-1, c, n, ho, wo))
+  return sum(terms[1:], terms[0]).reshape((-1, c, n, ho, wo))
 
 
 def node_rounds(nodes: int) -> list[list[Optional[tuple[int, int]]]]:
