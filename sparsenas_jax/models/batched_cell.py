@@ -623,10 +623,10 @@ def node_rounds(nodes: int) -> list[list[Optional[tuple[int, int]]]]:
   size, each edge once, every edge's source complete before its round.
 
   Intermediate node 0 is complete once the edges from the cell's inputs are
-  added; node r + 1 is complete after round r, which therefore holds, or
-  follows, every edge into it. Each round holds ``ceil(nodes / 2)`` edges
-  (the fewest that fit: rounds 0, ..., r hold the ``(r + 1)(r + 2) / 2``
-  edges into nodes 1, ..., r + 1), earliest target first; None pads a round.
+  added; node r + 1 is complete after round r, so rounds 0, ..., r hold
+  every edge into it. Each round holds ``ceil(nodes / 2)`` edges, the
+  fewest that fit (rounds 0, ..., r hold the ``(r + 1)(r + 2) / 2`` edges
+  into nodes 1, ..., r + 1), earliest target first; None pads a round.
 
   Args:
     nodes: intermediate nodes, at least 2.
@@ -703,11 +703,15 @@ def _scanned_nodes(x, weights, stage_params, apply, *, reduction: bool,
 
   def body(sums, xs):
     source, target, rows, params = xs
-    out = apply(jnp.stack([lax.dynamic_index_in_dim(sums, i, keepdims=False)
-                           for i in source]), rows, params, sum_sources=False)
-    for i, t in enumerate(target):
+    size = source.shape[0]
+    out = apply(jnp.stack([lax.dynamic_index_in_dim(sums, source[e], 0,
+                                                    keepdims=False)
+                           for e in range(size)]),
+                rows, params, sum_sources=False)
+    for e in range(size):
+      t = target[e]
       sums = lax.dynamic_update_index_in_dim(
-          sums, lax.dynamic_index_in_dim(sums, t, keepdims=False) + out[i],
+          sums, lax.dynamic_index_in_dim(sums, t, 0, keepdims=False) + out[e],
           t, 0)
     return sums, None
 

@@ -66,9 +66,9 @@ def default_cell_impl(backend: Optional[str] = None) -> str:
   (``models.depthwise``, which lower per backend). On XLA:CPU the batched
   cell applies each kind of op once per node stage instead of once per
   edge, the packed layout holds each kind of kernel of a stage's edges in
-  one leaf, as the computation reads it, and the scan compiles the stages
-  of the edges leaving intermediate nodes as one body: fewer distinct XLA
-  kernels to compile. With jaxlib
+  one leaf, as the computation reads it, and the scan compiles the edges
+  between intermediate nodes as one body: fewer distinct XLA kernels to
+  compile. With jaxlib
   0.11.2, XLA:GPU's Triton GEMM tiling pass failed a check on the stacked
   and batched cells at the DARTS size (docs/performance.md), hence the
   straightforward cell there.
@@ -294,8 +294,8 @@ class BatchedSearchCell(nn.Module):
     nodes: intermediate nodes.
     ops: op names.
     layout: ``'per_edge'``, ``'stacked'`` or ``'packed'``.
-    scan: the stages of the edges leaving intermediate nodes as one
-      ``lax.scan`` (``batched_cell.cell_nodes``).
+    scan: the edges between intermediate nodes as one ``lax.scan``
+      (``batched_cell.cell_nodes``).
   """
   channels: int
   reduction: bool = False
@@ -366,8 +366,8 @@ class SearchNetwork(nn.Module):
       edges stacked: fewer leaves; ``reference_to_stacked_params``
       converts), ``'scanned'`` (the same function, the params of each
       stage packed as its computation reads them, ``batched_cell.
-      stacked_to_packed_params`` converts; the stages of the edges
-      leaving intermediate nodes as one ``lax.scan`` per cell: a smaller
+      stacked_to_packed_params`` converts; the edges between
+      intermediate nodes as one ``lax.scan`` per cell: a smaller
       program) or ``'reference'`` (``SearchCell``, one
       ``MixedOp`` per edge). ``default_cell_impl`` is the choice per
       backend that the jobs' ``cell_impl='auto'`` makes.
