@@ -618,6 +618,12 @@ def stage(x: jax.Array, weights: jax.Array, packed, *, stride: int,
   return sum(terms[1:], terms[0]).reshape((-1, c, n, ho, wo))
 
 
+def _rows(weights, edges) -> jax.Array:
+  """The arch rows of a stage's edges, ``[S, T, len(ops)]``."""
+  return jnp.stack([jnp.stack([weights[f'node_{j}'][i] for i, j in row])
+                    for row in edges])
+
+
 def node_rounds(nodes: int) -> list[list[Optional[tuple[int, int]]]]:
   """The edges between intermediate nodes in ``nodes - 1`` rounds of equal
   size, each edge once, every edge's source complete before its round.
@@ -718,12 +724,6 @@ def _scanned_nodes(x, weights, stage_params, apply, *, reduction: bool,
   outputs, _ = lax.scan(body, partial, (sources, targets, rows, params))
   outputs = outputs.reshape((-1,) + outputs.shape[2:])
   return jnp.transpose(outputs, (1, 2, 3, 0))
-
-
-def _rows(weights, edges) -> jax.Array:
-  """The arch rows of a stage's edges, ``[S, T, len(ops)]``."""
-  return jnp.stack([jnp.stack([weights[f'node_{j}'][i] for i, j in row])
-                    for row in edges])
 
 
 def cell_nodes(x: jax.Array, weights: Mapping[str, jax.Array],
