@@ -34,8 +34,10 @@ def measure(args):
   from sparsenas_jax.experiments import common  # pylint: disable=g-import-not-at-top
   from sparsenas_jax.experiments import rnn_search as rs  # pylint: disable=g-import-not-at-top
   from sparsenas_jax.runtime import compilation  # pylint: disable=g-import-not-at-top
+  from sparsenas_jax.runtime import host_memory  # pylint: disable=g-import-not-at-top
   from sparsenas_jax.runtime import parallel  # pylint: disable=g-import-not-at-top
 
+  pages_reused = bool(args.reuse_pages) and host_memory.reuse_pages()
   config = cfg.get_config()
   config.hypergradient = args.mode
   config.batch_size, config.bptt, config.nhid = args.batch, args.bptt, args.nhid
@@ -76,6 +78,7 @@ def measure(args):
       'mode': args.mode, 'batch': args.batch, 'bptt': args.bptt,
       'ntoken': args.ntoken, 'nhid': args.nhid, 'remat': args.remat,
       'backend': jax.default_backend(), 'devices': jax.device_count(),
+      'pages_reused': pages_reused,
       'init_s': round(init_s, 2), 'compile_s': round(compile_s, 2),
       'first_step_s': round(times[0], 2),
       'time_to_first_step_s': round(init_s + compile_s + times[0], 2),
@@ -96,6 +99,9 @@ def main():
   parser.add_argument('--steps', type=int, default=3)
   parser.add_argument('--remat', default='dots',
                       help='none | full | dots (models.rnn.REMAT_POLICIES)')
+  # 1: with host_memory.reuse_pages, which the recurrent jobs do not call
+  # (sparsenas_jax.main.REUSES_PAGES).
+  parser.add_argument('--reuse_pages', type=int, default=0)
   parser.add_argument('--timeout', type=int, default=3600)
   parser.add_argument('--child', default='')
   args = parser.parse_args()

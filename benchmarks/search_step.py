@@ -66,10 +66,13 @@ def measure(args):
   import numpy as np  # pylint: disable=g-import-not-at-top
   from configs import cnn_search as cfg  # pylint: disable=g-import-not-at-top
   from sparsenas_jax.runtime import compilation  # pylint: disable=g-import-not-at-top
+  from sparsenas_jax.runtime import host_memory  # pylint: disable=g-import-not-at-top
   from sparsenas_jax.runtime import parallel  # pylint: disable=g-import-not-at-top
   from sparsenas_jax.experiments import cnn_search as cs  # pylint: disable=g-import-not-at-top
   from sparsenas_jax.experiments import common  # pylint: disable=g-import-not-at-top
 
+  # As the jobs' entry point does (sparsenas_jax.main).
+  pages_reused = bool(args.reuse_pages) and host_memory.reuse_pages()
   config = cfg.get_config()
   config.init_channels, config.layers, config.nodes = (
       args.channels, args.cells, args.nodes)
@@ -145,6 +148,7 @@ def measure(args):
       'device_kind': jax.devices()[0].device_kind,
       'devices': jax.device_count(),
       'glibc_tunables': os.environ.get('GLIBC_TUNABLES', ''),
+      'pages_reused': pages_reused,
       'init_s': round(init_s, 2),
       'compile_s': round(compile_s, 2),
       'first_step_s': round(first_step_s, 2),
@@ -236,6 +240,8 @@ def main():
   parser.add_argument('--step_compilation', default='split')
   parser.add_argument('--fast_compile', type=int, default=0)
   parser.add_argument('--remat', type=int, default=0)
+  # 0: without host_memory.reuse_pages, which the jobs call.
+  parser.add_argument('--reuse_pages', type=int, default=1)
   parser.add_argument('--cache_dir', default='')
   parser.add_argument('--jax_cache_dir', default='')
   parser.add_argument('--timeout', type=int, default=3600)

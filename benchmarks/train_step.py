@@ -12,6 +12,7 @@ images_per_s, peak_rss_gb, params and multiply-adds. Never part of the tests.
 """
 
 import argparse
+from concurrent import futures
 import json
 import os
 import resource
@@ -32,6 +33,8 @@ def main():
   parser.add_argument('--fast_compile', type=int, default=-1,
                       help='XLA:CPU optimisation level 0 (1) or not (0); '
                            '-1: the variant config\'s cpu_fast_compile')
+  # 0: without host_memory.reuse_pages, which the jobs call.
+  parser.add_argument('--reuse_pages', type=int, default=1)
   args = parser.parse_args()
 
   import jax  # pylint: disable=g-import-not-at-top
@@ -39,9 +42,13 @@ def main():
   import numpy as np  # pylint: disable=g-import-not-at-top
   from configs import cnn_train as cfg  # pylint: disable=g-import-not-at-top
   from sparsenas_jax.runtime import compilation  # pylint: disable=g-import-not-at-top
+  from sparsenas_jax.runtime import host_memory  # pylint: disable=g-import-not-at-top
   from sparsenas_jax.runtime import parallel  # pylint: disable=g-import-not-at-top
   from sparsenas_jax.experiments import cnn_train as ct  # pylint: disable=g-import-not-at-top
   from sparsenas_jax.models import eval_network  # pylint: disable=g-import-not-at-top
+
+  # As the jobs' entry point does (sparsenas_jax.main).
+  pages_reused = bool(args.reuse_pages) and host_memory.reuse_pages()
 
   config = cfg.get_config(args.variant)
   config.genotype = args.genotype
@@ -73,11 +80,15 @@ def main():
   step = ct.make_train_step(config, model, optimizer, steps_per_epoch, mean,
                             std)
   key = jax.random.key(0)
+  # Donating the state, as the job does (experiments.cnn_train).
   compiled, compile_s = compilation.compile_step(
-      step, (state, batch(), key), cpu_fast_compile=config.cpu_fast_compile)
+      step, (state, batch(), key), cpu_fast_compile=config.cpu_fast_compile,
+      donate=(0,))
   times = []
+  # Batches come from another thread, as in runtime.loop.
+  prefetcher = futures.ThreadPoolExecutor(1)
   for i in range(args.steps + 1):
-    b = batch()
+    b = prefetcher.submit(batch).result()
     t0 = time.perf_counter()
     state, metrics = compiled(state, b, jax.random.fold_in(key, i))
     jax.block_until_ready(metrics)
@@ -86,6 +97,7 @@ def main():
   print(json.dumps({
       'variant': args.variant, 'genotype': args.genotype,
       'batch': batch_size, 'backend': jax.default_backend(),
+      'pages_reused': pages_reused,
       'devices': jax.device_count(),
       'compile_s': round(compile_s, 2), 'first_step_s': round(times[0], 3),
       'step_s': round(step_s, 3),

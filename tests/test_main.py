@@ -13,6 +13,7 @@ from configs import digits_prune as prune_config
 from sparsenas_jax import errors
 from sparsenas_jax import main
 from sparsenas_jax.experiments import cnn_search
+from sparsenas_jax.runtime import host_memory
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -111,3 +112,16 @@ def test_search_warns_when_a_cell_that_aborted_xla_gpu_is_forced_there(
   cnn_search.validate(config)
   assert bool(warnings) == warns
   assert all('--config.cell_impl=auto' in w for w in warnings)
+
+
+@pytest.mark.parametrize('config, override, reused', [
+    ('configs/cnn_search.py:digits', '--config.lambda_step=-0.01', True),
+    ('configs/rnn_search.py:tiny', '--config.max_seq_len_delta=-1', False),
+])
+def test_the_cnn_jobs_reuse_pages_and_the_recurrent_ones_do_not(
+    tmp_path, config, override, reused):
+  """main.REUSES_PAGES, before the job starts (a bad config ends it)."""
+  proc = _main(f'--config={config}', f'--workdir={tmp_path}', override)
+  assert proc.returncode == 2
+  applied = 'XLA:CPU calls reuse freed pages: True' in proc.stderr
+  assert applied == (reused and host_memory._mallopt() is not None)

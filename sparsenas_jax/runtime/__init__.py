@@ -8,5 +8,6 @@
 * ``parallel``: the device mesh, shardings, multi-host start and batches.
 * ``compilation``: ahead-of-time compilation, compiler options, stored
   programs.
+* ``host_memory``: XLA:CPU calls that reuse their buffers' pages.
 * ``metrics``: scalars to ``metrics.jsonl`` and TensorBoard; steps/s and ETA.
 """

@@ -134,6 +134,9 @@ def compile_step(fn: Callable[..., Any], args: Sequence[Any], *,
     compiled = store.load(key)
     if compiled is not None:
       return compiled, time.perf_counter() - t0
+  # Before: the pages of the last call's buffers, kept for the next call
+  # (host_memory), would carry the compiler's peak; after: its own.
+  release_free_memory()
   compiled = jax.jit(fn, donate_argnums=tuple(donate)).lower(*args).compile(
       compiler_options=options)
   release_free_memory()
