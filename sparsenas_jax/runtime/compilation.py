@@ -134,8 +134,9 @@ def compile_step(fn: Callable[..., Any], args: Sequence[Any], *,
     compiled = store.load(key)
     if compiled is not None:
       return compiled, time.perf_counter() - t0
-  # Before: the pages of the last call's buffers, kept for the next call
-  # (host_memory), would carry the compiler's peak; after: its own.
+  # Trimmed before, so that the compiler's memory does not come on top of
+  # the pages kept from the last call (host_memory), and after, so that the
+  # step's buffers do not come on top of the compiler's.
   release_free_memory()
   compiled = jax.jit(fn, donate_argnums=tuple(donate)).lower(*args).compile(
       compiler_options=options)
@@ -158,9 +159,11 @@ def release_free_memory() -> None:
   """Hands the C heap's free pages back to the OS (glibc's ``malloc_trim``).
 
   XLA frees the memory it used to compile a program, but glibc keeps those
-  pages mapped, and the steps' buffers would then come on top of them:
-  trimming after each compile lowers the process's peak resident memory
-  (docs/performance.md). A no-op where the C library is not glibc.
+  pages mapped, and the steps' buffers would then come on top of them;
+  with ``host_memory.reuse_pages`` it also keeps the pages of every call's
+  freed buffers. ``compile_step`` trims before and after each compile,
+  which lowers the process's peak resident memory (docs/performance.md).
+  A no-op where the C library is not glibc.
   """
   trim = _malloc_trim()
   if trim is not None:
