@@ -25,8 +25,8 @@ _WORKDIR = flags.DEFINE_string(
 flags.mark_flags_as_required(['config', 'workdir'])
 _REUSE_PAGES = flags.DEFINE_bool(
     'reuse_pages', True,
-    'On XLA:CPU, the jobs in REUSES_PAGES (cnn_search, cnn_train) let each '
-    'call of a step reuse the memory pages the previous call freed '
+    'On XLA:CPU, the jobs in REUSES_PAGES (the CNN search, sweep and '
+    'training) let each call of a step reuse the memory pages the previous call freed '
     "(runtime.host_memory); --noreuse_pages keeps JAX's and the C heap's "
     'defaults.')
 
@@ -34,7 +34,7 @@ _REUSE_PAGES = flags.DEFINE_bool(
 # memory (measured: docs/performance.md). The recurrent search's
 # finite-difference step doubles its peak with it, so the recurrent jobs
 # keep the defaults.
-REUSES_PAGES = ('cnn_search', 'cnn_train')
+REUSES_PAGES = ('cnn_search', 'cnn_sweep', 'cnn_train')
 
 # job name -> module with run(config, workdir)
 JOBS = {
