@@ -46,8 +46,6 @@ Measured effects of these choices: docs/performance.md.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import functools
 import hashlib
 import os
@@ -63,6 +61,8 @@ from absl import logging
 import jax
 import jaxlib
 from jax.experimental import serialize_executable
+
+from sparsenas_jax.runtime import host_memory
 
 # Compiler options for every program on XLA:CPU (module docstring).
 CPU_OPTIONS = {
@@ -146,15 +146,6 @@ def compile_step(fn: Callable[..., Any], args: Sequence[Any], *,
   return compiled, time.perf_counter() - t0
 
 
-@functools.cache
-def _malloc_trim():
-  name = ctypes.util.find_library('c')
-  try:
-    return getattr(ctypes.CDLL(name), 'malloc_trim', None) if name else None
-  except OSError:
-    return None
-
-
 def release_free_memory() -> None:
   """Hands the C heap's free pages back to the OS (glibc's ``malloc_trim``).
 
@@ -165,7 +156,7 @@ def release_free_memory() -> None:
   which lowers the process's peak resident memory (docs/performance.md).
   A no-op where the C library is not glibc.
   """
-  trim = _malloc_trim()
+  trim = getattr(host_memory.glibc(), 'malloc_trim', None)
   if trim is not None:
     trim(0)
 

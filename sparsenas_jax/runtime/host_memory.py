@@ -33,8 +33,10 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import importlib.util
 import sys
+from typing import Optional
 
 import jax
 from jax._src import xla_bridge
@@ -44,7 +46,10 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 
 
-def _mallopt():
+@functools.cache
+def glibc() -> Optional[ctypes.CDLL]:
+  """The C library where it is glibc on Linux (whose heap ``reuse_pages``
+  and ``compilation.release_free_memory`` tune), else None."""
   if not sys.platform.startswith('linux'):
     return None
   name = ctypes.util.find_library('c')
@@ -53,9 +58,11 @@ def _mallopt():
   except OSError:
     return None
   # gnu_get_libc_version exists in glibc only (not musl).
-  if lib is None or not hasattr(lib, 'gnu_get_libc_version'):
-    return None
-  return getattr(lib, 'mallopt', None)
+  return lib if hasattr(lib, 'gnu_get_libc_version') else None
+
+
+def _mallopt():
+  return getattr(glibc(), 'mallopt', None)
 
 
 def _cpu_backend() -> bool:
