@@ -15,7 +15,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # A program with hundreds of MiB of temporaries (a concatenate of more than
 # 8 operands is never fused on XLA:CPU). Prints whether reuse_pages applied,
-# the temporaries' pages and the minor page faults of the third call.
+# the temporaries' pages and the median of the minor page faults of calls 2
+# to 9 (now and then one of them finds its block split and maps a new
+# region, see host_memory's docstring; the median is robust to that).
 _PROBE = textwrap.dedent("""
     import resource, sys
     import jax, jax.numpy as jnp
@@ -24,11 +26,14 @@ _PROBE = textwrap.dedent("""
     x = jnp.ones((2048, 4096), jnp.float32)
     f = jax.jit(lambda x: (jnp.concatenate([x * i for i in range(9)], 1).T
                            * 2).sum(0)).lower(x).compile()
-    for _ in range(3):
+    f(x).block_until_ready()
+    faults = []
+    for _ in range(8):
       before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
       f(x).block_until_ready()
+      faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
     print(applied, f.memory_analysis().temp_size_in_bytes // 4096,
-          resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+          sorted(faults)[len(faults) // 2])
 """)
 
 
@@ -45,10 +50,10 @@ def _probe(reuse):
 def test_a_repeated_call_reuses_its_pages():
   applied, pages, faults = _probe(True)
   assert applied and pages > 100_000
-  assert faults < pages // 20
+  assert faults < pages // 20, (faults, pages)
   # The control: without it the same call faults its temporaries in again.
   applied, pages, faults = _probe(False)
-  assert not applied and faults > pages // 2
+  assert not applied and faults > pages // 2, (faults, pages)
 
 
 def test_nothing_changes_once_the_backends_exist():

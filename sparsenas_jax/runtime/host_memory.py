@@ -21,12 +21,17 @@ which runs before and after every compile, so that the compiler's peak
 does not come on top of the last call's buffers.
 
 The heap reuses a call's temporaries only where they are still one free
-block when the next call asks for them. A program that allocates its
-outputs anew (no donated inputs), or programs of different temporary
-sizes taking turns, can split that block, and the process then keeps two
-regions of temporaries: the peak grows by up to the larger one. Whether
-it does is measured per job (``sparsenas_jax.main.REUSES_PAGES``;
-figures: docs/performance.md).
+block, large enough, when the next call asks for them. A program that
+allocates its outputs anew (no donated inputs), or programs of different
+temporary sizes taking turns, can split that block, and the process then
+keeps two regions of temporaries: the peak grows by up to the larger one.
+Even one program alone now and then finds its block a few bytes short:
+XLA asks for aligned memory, and glibc (2.36 here) keeps the slivers it cuts
+off an aligned block in its per-thread cache, where they do not merge back
+with the block when it is freed. That call maps a new region, and later
+calls reuse either one. How much a job's peak grows is measured per job
+before it is listed in ``sparsenas_jax.main.REUSES_PAGES`` (figures:
+docs/performance.md).
 """
 
 from __future__ import annotations
