@@ -208,3 +208,24 @@ def test_each_backend_lowers_to_its_formulation():
   assert 'stablehlo.convolution' not in text['cpu']
   assert text['cuda'].count('stablehlo.convolution') == 3
   assert text['tpu'].count('stablehlo.convolution') == 3
+  # XLA:CPU computes the transposed conv (x's cotangent) unfused, as a
+  # branch of a conditional.
+  assert text['cpu'].count('stablehlo.case') == 1
+  assert 'stablehlo.case' not in text['cuda'] + text['tpu']
+
+
+@pytest.mark.parametrize('nan_first', [False, True])
+def test_unfused_transpose_is_the_transpose(nan_first):
+  # Either branch of the conditional, inside a program that would fuse it
+  # with its consumer, computes what the primitive alone does.
+  rng = np.random.default_rng(5)
+  g = rng.normal(size=(2, C, 2, 5, 5)).astype(np.float32)
+  g[0, 0, 0, 0, 0] = np.nan if nan_first else g[0, 0, 0, 0, 0]
+  kernel = rng.normal(size=(3, 3, 2, C)).astype(np.float32)
+  params = dict(stride=2, dilation=1, in_hw=(9, 9))
+  want = np.maximum(depthwise._conv_transpose_impl(g, kernel, **params), 0)
+  got = _run(lambda g, kernel: jnp.maximum(depthwise.conv_transpose(
+      g, kernel, **params), 0), g, kernel)
+  np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+  assert np.isnan(got).any() == nan_first
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)

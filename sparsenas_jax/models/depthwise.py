@@ -34,6 +34,13 @@ every order and mode (JVPs, gradients, reverse over forward as in the exact
 hypergradient, reverse over reverse) stay in this family: no pad per tap,
 no reduction per tap, at any order. ``jax.vmap`` folds its axis into L.
 
+On XLA:CPU ``conv_transpose`` computes inside a conditional that XLA
+cannot decide when it compiles (both branches are the same computation),
+a boundary its fusion passes keep. Without it XLA:CPU fuses a stage's
+transposed convolutions, the sum over the edges that share a source and
+the ReLU mask into one loop that runs more than twice as long as the same
+work in separate loops.
+
 How they lower is the one per-backend choice of the depthwise convolution
 in this package: XLA:CPU gets the slices and the variadic reduction above;
 GPUs and TPUs (``GROUPED_CONV_PLATFORMS``), whose convolution units run
@@ -134,6 +141,22 @@ def _conv_transpose_impl(g, kernel, *, stride, dilation, in_hw):
   return _correlate(gz, kernel, 1, dilation, in_hw, flip=True)
 
 
+def _unfused(impl):
+  """``impl`` as the branch of a conditional XLA cannot decide at compile
+  time, so that XLA:CPU computes it in loops of its own and writes its
+  result out instead of fusing it with its operands' producers and its
+  consumers. Both branches are ``impl``; the predicate (the first operand's
+  first element is NaN) only hides that from XLA."""
+  def unfused(operand, *args, **params):
+    if not operand.size:
+      return impl(operand, *args, **params)
+    first = lax.slice(operand, (0,) * operand.ndim,
+                      (1,) * operand.ndim).reshape(())
+    branch = lambda: impl(operand, *args, **params)
+    return lax.cond(first != first, branch, branch)
+  return unfused
+
+
 def _kernel_grad_impl(x, g, *, stride, dilation, kernel_size):
   pad = _pad(kernel_size, dilation)
   xp = lax.pad(x, np.array(0, x.dtype),
@@ -194,11 +217,15 @@ GROUPED_CONV_PLATFORMS = ('cuda', 'rocm', 'tpu')
 # ----------------------------------------------------------------------------
 
 
-def _primitive(name: str, impl, grouped_impl, abstract_eval, static):
+def _primitive(name: str, impl, grouped_impl, abstract_eval, static, *,
+               lowered_impl=None):
+  """``lowered_impl`` (default ``impl``) is what XLA:CPU compiles inside a
+  program; ``impl`` runs the primitive alone."""
   prim = Primitive(f'depthwise_{name}')
   prim.def_impl(jax.jit(impl, static_argnames=static))
   prim.def_abstract_eval(abstract_eval)
-  mlir.register_lowering(prim, mlir.lower_fun(impl, multiple_results=False))
+  mlir.register_lowering(prim, mlir.lower_fun(lowered_impl or impl,
+                                              multiple_results=False))
   for platform in GROUPED_CONV_PLATFORMS:
     mlir.register_lowering(
         prim, mlir.lower_fun(grouped_impl, multiple_results=False),
@@ -228,7 +255,8 @@ conv_p = _primitive('conv', _conv_impl, _grouped_conv_impl, _conv_abstract,
                     ('stride', 'dilation'))
 conv_transpose_p = _primitive(
     'conv_transpose', _conv_transpose_impl, _grouped_conv_transpose_impl,
-    _conv_transpose_abstract, ('stride', 'dilation', 'in_hw'))
+    _conv_transpose_abstract, ('stride', 'dilation', 'in_hw'),
+    lowered_impl=_unfused(_conv_transpose_impl))
 kernel_grad_p = _primitive(
     'kernel_grad', _kernel_grad_impl, _grouped_kernel_grad_impl,
     _kernel_grad_abstract, ('stride', 'dilation', 'kernel_size'))
