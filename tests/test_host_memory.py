@@ -16,8 +16,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A program with hundreds of MiB of temporaries (a concatenate of more than
 # 8 operands is never fused on XLA:CPU). Prints whether reuse_pages applied,
 # the temporaries' pages and the median of the minor page faults of calls 2
-# to 9 (now and then one of them finds its block split and maps a new
-# region, see host_memory's docstring; the median is robust to that).
+# to 9 (now and then one of them finds its freed block too small and maps a
+# new region, see host_memory's docstring; the median is robust to that).
 _PROBE = textwrap.dedent("""
     import resource, sys
     import jax, jax.numpy as jnp
