@@ -144,6 +144,37 @@ def test_executable_store_loads_its_own_programs_in_the_background(
   assert all(name.startswith('ExecutableStore') for name in loads)
 
 
+def test_free_pages_are_handed_back_after_each_save_and_load(
+    tmp_path, monkeypatch):
+  events = []
+  monkeypatch.setattr(compilation, 'release_free_memory',
+                      lambda: events.append('trim'))
+  save = compilation.ExecutableStore.save
+  deserialize = compilation.serialize_executable.deserialize_and_load
+
+  def recorded_save(*args):
+    save(*args)
+    events.append('save')
+
+  def recorded_load(*args):
+    events.append('load')
+    return deserialize(*args)
+
+  monkeypatch.setattr(compilation.ExecutableStore, 'save', recorded_save)
+  monkeypatch.setattr(compilation.serialize_executable,
+                      'deserialize_and_load', recorded_load)
+  x = jnp.arange(4.0)
+  store = compilation.ExecutableStore(str(tmp_path))
+  compilation.compile_step(jnp.sin, (x,), store=store, name='sin')
+  assert events == ['trim', 'save', 'trim']  # before compiling, after saving
+  events.clear()
+  again = compilation.ExecutableStore(str(tmp_path))
+  compiled, _ = compilation.compile_step(jnp.sin, (x,), store=again,
+                                         name='sin')
+  np.testing.assert_allclose(compiled(x), np.sin(np.arange(4.0)), rtol=1e-6)
+  assert again.loaded == 1 and events == ['load', 'trim']
+
+
 def test_compile_step_with_a_store_needs_a_name(tmp_path):
   store = compilation.ExecutableStore(str(tmp_path))
   with pytest.raises(ValueError, match='name='):

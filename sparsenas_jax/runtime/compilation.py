@@ -136,13 +136,13 @@ def compile_step(fn: Callable[..., Any], args: Sequence[Any], *,
       return compiled, time.perf_counter() - t0
   # Trimmed before, so that the compiler's memory does not come on top of
   # the pages kept from the last call (host_memory), and after, so that the
-  # step's buffers do not come on top of the compiler's.
+  # step's buffers do not come on top of the compiler's and the serialiser's.
   release_free_memory()
   compiled = jax.jit(fn, donate_argnums=tuple(donate)).lower(*args).compile(
       compiler_options=options)
-  release_free_memory()
   if store is not None:
     store.save(key, compiled)
+  release_free_memory()
   return compiled, time.perf_counter() - t0
 
 
@@ -152,8 +152,11 @@ def release_free_memory() -> None:
   XLA frees the memory it used to compile a program, but glibc keeps those
   pages mapped, and the steps' buffers would then come on top of them;
   with ``host_memory.reuse_pages`` it also keeps the pages of every call's
-  freed buffers. ``compile_step`` trims before and after each compile,
-  which lowers the process's peak resident memory (docs/performance.md).
+  freed buffers. Serialising a program into an ``ExecutableStore`` and
+  loading one from it leave such pages too. ``compile_step`` trims before
+  each compile and after it (and its save), ``ExecutableStore`` after each
+  load, which lowers the process's peak resident memory
+  (docs/performance.md).
   A no-op where the C library is not glibc.
   """
   trim = getattr(host_memory.glibc(), 'malloc_trim', None)
@@ -264,8 +267,10 @@ class ExecutableStore:
   def _read(self, key: str):
     with open(os.path.join(self.directory, key), 'rb') as f:
       serialized, in_tree, out_tree = pickle.load(f)
-    return serialize_executable.deserialize_and_load(
+    compiled = serialize_executable.deserialize_and_load(
         serialized, in_tree, out_tree)
+    release_free_memory()  # the pages that loading freed
+    return compiled
 
   def key(self, name: str, args: Sequence[Any], *, donate: Sequence[int] = (),
           options: Optional[dict[str, Any]] = None) -> str:
