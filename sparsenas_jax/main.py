@@ -26,9 +26,9 @@ flags.mark_flags_as_required(['config', 'workdir'])
 _REUSE_PAGES = flags.DEFINE_bool(
     'reuse_pages', True,
     'On XLA:CPU, the jobs in REUSES_PAGES (the CNN search, sweep and '
-    'training) let each call of a step reuse the memory pages the previous call freed '
-    "(runtime.host_memory); --noreuse_pages keeps JAX's and the C heap's "
-    'defaults.')
+    'training) let each call of a step reuse the memory pages the previous '
+    "call freed (runtime.host_memory); --noreuse_pages keeps JAX's and the "
+    "C heap's defaults.")
 
 # Jobs whose steps run faster with host_memory.reuse_pages at the same peak
 # memory (measured: docs/performance.md). The recurrent search's

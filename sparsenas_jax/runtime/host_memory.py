@@ -17,8 +17,9 @@ pages the previous one freed:
 A jitted call then returns when its results are ready, as after
 ``jax.block_until_ready``; the jobs wait for every step anyway. Pages a
 call frees stay with the process until ``compilation.release_free_memory``,
-which runs before and after every compile, so that the compiler's peak
-does not come on top of the last call's buffers.
+which runs before and after every compile and after every load of a
+stored program, so that the compiler's peak does not come on top of the
+last call's buffers.
 
 The heap reuses a call's temporaries only where they are still one free
 block, large enough, when the next call asks for them. A program that
